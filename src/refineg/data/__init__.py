@@ -1,0 +1,95 @@
+"""Readers and writers: Twitter-GMNER, CCKS-GMNER and canonical JSONL, chosen by the path."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+from ..types import Sample
+from .ccks import read_ccks, write_ccks
+from .jsonl import read_jsonl, read_predictions, write_jsonl
+from .twitter_gmner import read_twitter, write_twitter
+
+FORMATS = ("jsonl", "twitter", "ccks")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Samples read from one path, the format it had, and counts of anything odd in it."""
+
+    samples: tuple[Sample, ...]
+    path: Path
+    format: str
+    report: Counter = field(default_factory=Counter)
+
+
+def detect_format(path: str | Path) -> str:
+    """``jsonl``, ``twitter`` or ``ccks`` for an input path."""
+    path = Path(path)
+    if path.is_dir():
+        return "ccks"
+    if path.suffix in (".jsonl", ".json"):
+        return "jsonl"
+    if path.suffix in (".txt", ".conll"):
+        return "twitter"
+    if not path.exists():
+        raise DataError("no such file or folder", path)
+    raise DataError("cannot tell the format: expected a .jsonl file, a Twitter-GMNER .txt split or a CCKS folder", path)
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """Sample ids of an ids file: one a line, blank lines and ``#`` comments ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("no such ids file", path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [ln.strip().removeprefix("IMGID:") for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+def load_dataset(path: str | Path, ids: list[str] | None = None, fmt: str | None = None) -> Dataset:
+    """Read any supported input; with ids, keep only those samples, in the ids' order."""
+    path = Path(path)
+    fmt = fmt or detect_format(path)
+    report: Counter = Counter()
+    if fmt == "twitter":
+        samples, report = read_twitter(path)
+    elif fmt == "ccks":
+        samples, report = read_ccks(path)
+    elif fmt == "jsonl":
+        samples = read_jsonl(path)
+    else:
+        raise DataError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})", path)
+    if ids is not None:
+        by_id = {s.id: s for s in samples}
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            raise DataError(f"{len(unknown)} id(s) not in the data, e.g. {unknown[:3]}", path)
+        samples = [by_id[i] for i in ids]
+    return Dataset(tuple(samples), path, fmt, report)
+
+
+def load_samples(path: str | Path, ids: list[str] | None = None) -> list[Sample]:
+    """The samples of any supported input."""
+    return list(load_dataset(path, ids).samples)
+
+
+def save_samples(samples: list[Sample], path: str | Path, fmt: str | None = None) -> None:
+    """Write samples in the format the path (or fmt) names."""
+    path = Path(path)
+    fmt = fmt or ("jsonl" if path.suffix in (".jsonl", ".json") else "twitter" if path.suffix in (".txt", ".conll") else "ccks")
+    if fmt == "jsonl":
+        write_jsonl(samples, path)
+    elif fmt == "twitter":
+        write_twitter(samples, path)
+    elif fmt == "ccks":
+        write_ccks(samples, path)
+    else:
+        raise DataError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})", path)
+
+
+__all__ = [
+    "Dataset", "FORMATS", "detect_format", "load_dataset", "load_samples", "read_ids",
+    "read_predictions", "save_samples",
+]

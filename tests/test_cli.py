@@ -1,0 +1,34 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REFINEG = [str(Path(sys.executable).parent / "refineg")]
+
+
+def _run(*args):
+    return subprocess.run(REFINEG + [str(a) for a in args], capture_output=True, text=True)
+
+
+def test_evaluate_json_on_gold_against_itself(twitter_dev, tmp_path):
+    assert _run("convert", twitter_dev, tmp_path / "dev.jsonl").returncode == 0
+    res = _run("evaluate", twitter_dev, tmp_path / "dev.jsonl", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["gmner"]["f1"] == 1.0 and out["mner"]["precision"] == 1.0 and out["eeg"]["recall"] == 1.0
+    assert set(out["per_type"]) == {"PER", "ORG", "LOC", "OTHER"}
+
+
+def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "tokens": []}\n{"id": "b", "tokens": [\n')
+    res = _run("stats", bad)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0
+    assert f"{bad}:2" in res.stderr and "broken JSON" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_stats_json(twitter_dev):
+    res = _run("stats", twitter_dev, "--json")
+    figures = json.loads(res.stdout)
+    assert figures["samples"] == 1500 and figures["entities"] == 2450 and figures["groundable_entities"] == 991
