@@ -94,3 +94,63 @@ def evaluate(
     for name, prf in rows:
         table.add_row(name, f"{prf.precision:.4f}", f"{prf.recall:.4f}", f"{prf.f1:.4f}", str(prf.tp), str(prf.n_pred), str(prf.n_gold))
     out.print(table)
+
+
+# ---- LLM options, shared by every command that may call an LLM ---------------------------------
+
+CONFIG = typer.Option(None, "--config", help="A TOML run config; options given here override it.")
+LLM_BASE_URL = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint (env REFINEG_LLM_BASE_URL).")
+LLM_MODEL = typer.Option(None, "--llm-model", help="Model name at that endpoint (env REFINEG_LLM_MODEL).")
+LLM_GGUF = typer.Option(None, "--llm-gguf", help="Run this GGUF in the embedded llama.cpp server (env REFINEG_LLM_GGUF).")
+LLM_MMPROJ = typer.Option(None, "--llm-mmproj", help="Vision projector GGUF for --llm-gguf.")
+LLM_CONCURRENCY = typer.Option(None, "--llm-concurrency", help="Requests in flight at once.")
+LLM_TIMEOUT = typer.Option(None, "--llm-timeout", help="Seconds before a request times out.")
+LLM_RETRIES = typer.Option(None, "--llm-retries", help="Retries after 429, 5xx, timeouts and connection errors.")
+NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write the LLM reply cache.")
+CACHE_DIR = typer.Option(None, "--cache-dir", help="Cache folder (env REFINEG_CACHE_DIR, default ~/.cache/refineg).")
+NO_JSON_SCHEMA = typer.Option(False, "--no-json-schema", help="The backend does not take response_format JSON schemas.")
+
+
+def run_config(config, base_url, model, gguf, mmproj, concurrency, timeout, retries, no_cache, cache_dir, no_json_schema):
+    """The run config from the file, the environment and the LLM options."""
+    from .config import load_config
+
+    llm = {"base_url": base_url, "model": model, "gguf": gguf, "mmproj": mmproj, "concurrency": concurrency,
+           "timeout": timeout, "max_retries": retries, "cache_dir": cache_dir,
+           "cache": False if no_cache else None, "json_schema": False if no_json_schema else None}
+    return load_config(config, {"llm": llm})
+
+
+@app.command("llm-check")
+def llm_check(
+    config: Optional[Path] = CONFIG, llm_base_url: Optional[str] = LLM_BASE_URL, llm_model: Optional[str] = LLM_MODEL,
+    llm_gguf: Optional[Path] = LLM_GGUF, llm_mmproj: Optional[Path] = LLM_MMPROJ,
+    llm_concurrency: Optional[int] = LLM_CONCURRENCY, llm_timeout: Optional[float] = LLM_TIMEOUT,
+    llm_retries: Optional[int] = LLM_RETRIES, no_cache: bool = NO_CACHE, cache_dir: Optional[Path] = CACHE_DIR,
+    no_json_schema: bool = NO_JSON_SCHEMA,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Send one tiny request: print the model, latency, JSON-schema output, retries and cache use."""
+    from .config import ConfigError
+    from .llm import check
+
+    cfg = run_config(config, llm_base_url, llm_model, llm_gguf, llm_mmproj, llm_concurrency, llm_timeout,
+                     llm_retries, no_cache, cache_dir, no_json_schema)
+    if not cfg.llm.configured:
+        raise ConfigError("no LLM configured: give --llm-base-url and --llm-model, or --llm-gguf (or the REFINEG_LLM_* variables)")
+    report = check(cfg.llm)
+    if as_json:
+        print(json.dumps(report))
+    else:
+        u = report["usage"]
+        out.print(f"model:        {report['model']}  ({report['base_url']})")
+        out.print(f"reachable:    {'yes' if report['ok'] else 'no'}")
+        out.print(f"latency:      {report['latency_s']:.3f} s{'  (served from cache)' if report['from_cache'] else ''}")
+        out.print(f"json schema:  {'requested' if report['json_schema_requested'] else 'not requested'}, "
+                  f"answer {'valid' if report['json_valid'] else 'NOT valid'}")
+        out.print(f"requests:     {u['requests']}  retries: {u['retries']}  re-asks: {u['reasks']}  "
+                  f"cache hits: {u['cache_hits']}  fallbacks: {u['fallbacks']}")
+        if report["error"]:
+            out.print(f"error:        {report['error']}")
+    if not report["ok"]:
+        raise typer.Exit(1)

@@ -1,0 +1,96 @@
+"""Configuration: one pydantic model per stage plus the run config (TOML file, env, CLI overrides).
+
+Secrets are never part of a config: an API key is read from the environment when a client is
+built, and only the name of the variable lives here.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+API_KEY_VARS = ("REFINEG_LLM_API_KEY", "OPENAI_API_KEY")
+
+
+def default_cache_dir() -> Path:
+    """``$REFINEG_CACHE_DIR``, else ``~/.cache/refineg``."""
+    return Path(os.environ.get("REFINEG_CACHE_DIR") or Path.home() / ".cache" / "refineg")
+
+
+class LLMConfig(BaseModel):
+    """How to reach the (multimodal) LLM and how to treat it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = None
+    model: str | None = None
+    gguf: Path | None = None
+    mmproj: Path | None = None
+    json_schema: bool = Field(True, description="send response_format with a JSON schema")
+    concurrency: int = Field(8, ge=1, le=1024)
+    timeout: float = Field(120.0, gt=0)
+    max_retries: int = Field(4, ge=0, le=20)
+    backoff_base: float = Field(0.5, ge=0)
+    backoff_max: float = Field(20.0, ge=0)
+    temperature: float = 0.0
+    max_tokens: int = Field(1024, ge=1)
+    image_max_side: int = Field(1000, ge=28)
+    image_multiple_of: int | None = Field(None, description="snap sent sides to this multiple (28 for Qwen2.5-VL)")
+    cache: bool = True
+    cache_dir: Path | None = None
+    price_prompt_per_1k: float = 0.0
+    price_completion_per_1k: float = 0.0
+    gguf_ctx: int = Field(4096, ge=256)
+    gguf_threads: int = Field(2, ge=1)
+
+    @property
+    def configured(self) -> bool:
+        """True when an endpoint or a local GGUF is set."""
+        return bool(self.gguf or (self.base_url and self.model))
+
+    def with_env(self, env: dict[str, str] | None = None) -> LLMConfig:
+        """Fill unset fields from REFINEG_LLM_BASE_URL, REFINEG_LLM_MODEL, REFINEG_LLM_GGUF."""
+        env = os.environ if env is None else env
+        updates: dict[str, Any] = {}
+        for field, var in (("base_url", "REFINEG_LLM_BASE_URL"), ("model", "REFINEG_LLM_MODEL"),
+                           ("gguf", "REFINEG_LLM_GGUF"), ("mmproj", "REFINEG_LLM_MMPROJ")):
+            if getattr(self, field) is None and env.get(var):
+                updates[field] = env[var]
+        return self.model_copy(update=updates) if updates else self
+
+
+def api_key() -> str | None:
+    """The API key from the environment (never stored, logged or cached)."""
+    return next((os.environ[v] for v in API_KEY_VARS if os.environ.get(v)), None)
+
+
+class RunConfig(BaseModel):
+    """Everything a run needs; each stage reads its own section."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+
+
+def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """The run config from an optional TOML file, then CLI overrides (None values ignored)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}invalid config: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+    return cfg.model_copy(update={"llm": cfg.llm.with_env()})

@@ -1,0 +1,89 @@
+"""Images: open and verify, resize for sending, and map boxes from the sent image back."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+from ..types import Box
+
+
+@dataclass(frozen=True)
+class SentImage:
+    """An image as sent to the MLLM, with what is needed to map its boxes back."""
+
+    data_url: str
+    sha256: str
+    original_size: tuple[int, int]
+    sent_size: tuple[int, int]
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Original pixels per sent pixel, along x and y."""
+        return self.original_size[0] / self.sent_size[0], self.original_size[1] / self.sent_size[1]
+
+    def to_original(self, box: Box) -> Box:
+        """A box in sent-image pixels mapped to original pixels and clipped to the image."""
+        sx, sy = self.scale
+        return box.scaled(sx, sy).clipped(*self.original_size)
+
+    def to_sent(self, box: Box) -> Box:
+        """A box in original pixels mapped to sent-image pixels."""
+        sx, sy = self.scale
+        return box.scaled(1 / sx, 1 / sy).clipped(*self.sent_size)
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """The image at path as RGB; DataError if it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("image not found", path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"corrupt image: {exc}", path) from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) read from the image header."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read image: {exc}", path) from None
+
+
+def sent_size(size: tuple[int, int], max_side: int, multiple_of: int | None = None) -> tuple[int, int]:
+    """The size an image is sent at: longest side at most max_side, optionally snapped to a multiple."""
+    w, h = size
+    ratio = min(1.0, max_side / max(w, h))
+    nw, nh = max(1, round(w * ratio)), max(1, round(h * ratio))
+    if multiple_of:
+        nw = max(multiple_of, round(nw / multiple_of) * multiple_of)
+        nh = max(multiple_of, round(nh / multiple_of) * multiple_of)
+    return nw, nh
+
+
+def prepare_image(image: Image.Image | str | Path, max_side: int = 1000, multiple_of: int | None = None) -> SentImage:
+    """Resize (never enlarge past max_side), encode as a JPEG data URL and keep the scale."""
+    im = image if isinstance(image, Image.Image) else open_image(image)
+    im = im.convert("RGB")
+    target = sent_size(im.size, max_side, multiple_of)
+    resized = im.resize(target, Image.Resampling.BICUBIC) if target != im.size else im
+    buf = io.BytesIO()
+    resized.save(buf, format="JPEG", quality=90)
+    data = buf.getvalue()
+    return SentImage(
+        data_url="data:image/jpeg;base64," + base64.b64encode(data).decode("ascii"),
+        sha256=hashlib.sha256(data).hexdigest(),
+        original_size=im.size,
+        sent_size=target,
+    )

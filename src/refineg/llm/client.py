@@ -1,0 +1,265 @@
+"""The one MLLM client: OpenAI chat completions, async and concurrent, cached, retried, accounted.
+
+Tasks (synthesis, refinement, grounding) never do HTTP themselves: they build an ``LLMRequest``
+and give a ``parse(text)`` function; the client returns an ``LLMResult`` for each request, in
+order. A reply that does not parse is re-asked once with the error shown; if that fails too, the
+result is a counted fallback (``value is None``), never an exception and never silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Sequence, TypeVar
+
+import openai
+from tqdm import tqdm
+
+from ..config import LLMConfig, api_key, default_cache_dir
+from ..data.images import SentImage, prepare_image
+from ..errors import ConfigError, LLMError, ParseError
+from .accounting import Usage
+from .cache import ReplyCache, cache_key
+from .embedded import EmbeddedServer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+REASK = ("Your last answer could not be used: {error}. Answer again. End your answer with exactly one "
+         "JSON object of the required form and nothing after it.")
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    """One chat request of a task, named by its stage, prompt template and version."""
+
+    stage: str
+    template: str
+    version: str
+    messages: list[dict]
+    schema: dict | None = None
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class LLMResult(Generic[T]):
+    """The parsed value, or None with the fallback reason; raw is the last reply text."""
+
+    value: T | None
+    raw: str | None = None
+    reason: str | None = None
+    error: str | None = None
+    from_cache: bool = False
+    exception: Exception | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+    def unwrap(self) -> T:
+        """The value, or the LLMError / ParseError that made this a fallback."""
+        if self.value is None:
+            raise self.exception or LLMError(self.error or "no value")
+        return self.value
+
+
+@dataclass
+class _Reply:
+    text: str
+    from_cache: bool
+
+
+@dataclass
+class LLMClient:
+    """A client for one endpoint (or an embedded GGUF server), built from an LLMConfig."""
+
+    config: LLMConfig
+    usage: Usage = field(default_factory=Usage)
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self._embedded: EmbeddedServer | None = None
+        if cfg.gguf is not None:
+            self._embedded = EmbeddedServer(cfg.gguf, cfg.mmproj, cfg.gguf_ctx, cfg.gguf_threads, min(cfg.concurrency, 4))
+            self.base_url, self.model = self._embedded.base_url, cfg.model or self._embedded.model
+        elif cfg.base_url and cfg.model:
+            self.base_url, self.model = cfg.base_url, cfg.model
+        else:
+            raise ConfigError("no LLM configured: give --llm-base-url and --llm-model, or --llm-gguf")
+        folder = (cfg.cache_dir or default_cache_dir()) / "llm" if cfg.cache else None
+        self.cache = ReplyCache(folder)
+        self.images: dict[str, SentImage] = {}
+
+    def close(self) -> None:
+        """Close the cache and stop the embedded server, if any."""
+        self.cache.close()
+        if self._embedded is not None:
+            self._embedded.close()
+
+    def __enter__(self) -> LLMClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def run(self, requests: Sequence[LLMRequest], parse: Callable[[str], T], desc: str = "LLM") -> list[LLMResult[T]]:
+        """Results for every request, in order, with at most ``concurrency`` requests in flight."""
+        return asyncio.run(self._run(list(requests), parse, desc))
+
+    def ask(self, request: LLMRequest, parse: Callable[[str], T]) -> LLMResult[T]:
+        """The result of one request."""
+        return self.run([request], parse, desc=request.stage)[0]
+
+    def image(self, image) -> SentImage:
+        """An image (path or PIL image) resized as configured, remembered by content hash for mapping boxes back."""
+        sent = prepare_image(image, self.config.image_max_side, self.config.image_multiple_of)
+        self.images[sent.sha256] = sent
+        return sent
+
+    def summary(self) -> dict:
+        """Usage per stage with the cost at the configured prices."""
+        return self.usage.summary(self.config.price_prompt_per_1k, self.config.price_completion_per_1k)
+
+    # ---- internals --------------------------------------------------------------------------
+
+    async def _run(self, requests: list[LLMRequest], parse: Callable[[str], T], desc: str) -> list[LLMResult[T]]:
+        self._sem = asyncio.Semaphore(self.config.concurrency)
+        # Retries are ours (counted, with jitter); the library's own are switched off.
+        async with openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key() or "not-needed",
+                                      timeout=self.config.timeout, max_retries=0) as client:
+            self._client = client
+            bar = tqdm(total=len(requests), desc=desc, disable=not self.show_progress or len(requests) < 2, leave=False)
+
+            async def one(req: LLMRequest) -> LLMResult[T]:
+                try:
+                    return await self._call(req, parse)
+                finally:
+                    bar.update(1)
+
+            try:
+                return list(await asyncio.gather(*(one(r) for r in requests)))
+            finally:
+                bar.close()
+
+    async def _call(self, req: LLMRequest, parse: Callable[[str], T]) -> LLMResult[T]:
+        messages = list(req.messages)
+        error = None
+        for attempt in range(2):
+            try:
+                reply = await self._ask(req, messages)
+            except LLMError as exc:
+                self.usage.fallback(req.stage, "transport")
+                self.usage.add(req.stage, failures=1)
+                log.warning("%s %s: giving up: %s", req.stage, req.key, exc)
+                return LLMResult(None, exc.last_reply, "transport", str(exc), exception=exc)
+            try:
+                return LLMResult(parse(reply.text), reply.text, from_cache=reply.from_cache)
+            except ParseError as exc:
+                error, parse_exc = str(exc), exc
+                if attempt == 0:
+                    self.usage.add(req.stage, reasks=1)
+                    messages += [{"role": "assistant", "content": reply.text},
+                                 {"role": "user", "content": REASK.format(error=error)}]
+        self.usage.fallback(req.stage, "parse")
+        log.warning("%s %s: unparsable after a re-ask: %s", req.stage, req.key, error)
+        return LLMResult(None, reply.text, "parse", error, exception=parse_exc)
+
+    def _params(self, req: LLMRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
+        if req.schema is not None and self.config.json_schema:
+            params["response_format"] = {"type": "json_schema", "json_schema": {"name": req.template, "schema": req.schema}}
+        return params
+
+    async def _ask(self, req: LLMRequest, messages: list[dict]) -> _Reply:
+        params = self._params(req)
+        key = cache_key(self.model, messages, params, req.template, req.version)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.usage.add(req.stage, cache_hits=1)
+            return _Reply(hit["text"], True)
+        if self.cache.folder is not None:
+            self.usage.add(req.stage, cache_misses=1)
+        text, usage = await self._post(req.stage, messages, params)
+        self.usage.add(req.stage, **usage)
+        self.cache.set(key, {"text": text, "usage": usage})
+        return _Reply(text, False)
+
+    async def _post(self, stage: str, messages: list[dict], params: dict) -> tuple[str, dict]:
+        """The reply text and token usage, retrying 429, 5xx, timeouts and connection errors."""
+        cfg = self.config
+        last = None
+        for attempt in range(1, cfg.max_retries + 2):
+            try:
+                async with self._sem:
+                    self.usage.add(stage, requests=1)
+                    resp = await self._client.chat.completions.create(model=self.model, messages=messages, **params)
+                return _reply_text(resp), _usage(resp)
+            except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError) as exc:
+                last = _describe(exc)
+            except openai.APIStatusError as exc:
+                raise LLMError(f"{stage}: the server refused the request ({exc.status_code})", attempt, _describe(exc)) from None
+            except ValueError as exc:  # a 200 whose body is not a chat completion
+                last = f"malformed response: {exc}"
+            if attempt <= cfg.max_retries:
+                delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1)) * (0.5 + random.random())
+                self.usage.add(stage, retries=1)
+                log.info("%s: retry %d/%d in %.2fs after %s", stage, attempt, cfg.max_retries, delay, last)
+                await asyncio.sleep(delay)
+        raise LLMError(f"{stage}: no usable reply from {self.base_url}", cfg.max_retries + 1, last)
+
+
+def image_part(sent: SentImage) -> dict:
+    """A chat content part carrying the image as a base64 data URL."""
+    return {"type": "image_url", "image_url": {"url": sent.data_url}}
+
+
+def _reply_text(resp: Any) -> str:
+    try:
+        text = resp.choices[0].message.content
+    except (AttributeError, IndexError, TypeError):
+        raise ValueError("no choices[0].message in the response") from None
+    if text is None:
+        raise ValueError("the response has no message content")
+    return text
+
+
+def _usage(resp: Any) -> dict[str, int]:
+    u = getattr(resp, "usage", None)
+    return {"prompt_tokens": getattr(u, "prompt_tokens", 0) or 0, "completion_tokens": getattr(u, "completion_tokens", 0) or 0}
+
+
+def _describe(exc: Exception) -> str:
+    status = getattr(exc, "status_code", None)
+    body = getattr(getattr(exc, "response", None), "text", None)
+    return f"{type(exc).__name__}" + (f" {status}" if status else "") + (f": {body[:300]}" if body else f": {exc}")
+
+
+def check(config: LLMConfig) -> dict:
+    """Send one tiny request; report the model, latency, JSON-schema support and usage."""
+    from .jsonparse import parse_answer
+    from pydantic import BaseModel
+
+    class Pong(BaseModel):
+        answer: str
+
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    req = LLMRequest("check", "llm-check", "1", [
+        {"role": "user", "content": 'Reply with the JSON object {"answer": "pong"} and nothing else.'}], schema, "check")
+    with LLMClient(config, show_progress=False) as client:
+        t0 = time.perf_counter()
+        result = client.ask(req, lambda text: parse_answer(text, Pong))
+        latency = time.perf_counter() - t0
+        summary = client.summary()
+        model, base_url = client.model, client.base_url
+    return {
+        "model": model, "base_url": base_url, "ok": result.reason != "transport",
+        "latency_s": round(latency, 3), "json_schema_requested": config.json_schema,
+        "json_valid": result.ok, "from_cache": result.from_cache, "error": result.error,
+        "usage": summary["total"],
+    }

@@ -1,0 +1,181 @@
+"""The MLLM client against our real loopback replay/fault server (real HTTP)."""
+
+import json
+import logging
+
+import pytest
+from pydantic import BaseModel
+
+from refineg.config import LLMConfig
+from refineg.errors import LLMError, ParseError
+from refineg.llm import LLMClient, LLMRequest, last_json_object, parse_answer
+from refineg.testing.fake_openai import FakeOpenAIServer, Reply
+
+
+class Answer(BaseModel):
+    answer: str
+
+
+def parse(text: str) -> Answer:
+    return parse_answer(text, Answer)
+
+
+def _cfg(srv, tmp_path, **kw) -> LLMConfig:
+    base = dict(base_url=srv.base_url, model="replay", cache_dir=tmp_path / "cache", backoff_base=0.01,
+                backoff_max=0.05, timeout=2.0, max_retries=3)
+    base.update(kw)
+    return LLMConfig(**base)
+
+
+def _req(i=0, stage="test") -> LLMRequest:
+    return LLMRequest(stage, "unit", "1", [{"role": "user", "content": f"question {i}"}], {"type": "object"}, f"q{i}")
+
+
+def test_429_429_200_makes_exactly_three_requests(tmp_path):
+    with FakeOpenAIServer([Reply(status=429), Reply(status=429), Reply('{"answer": "yes"}')]) as srv:
+        with LLMClient(_cfg(srv, tmp_path)) as client:
+            result = client.ask(_req(), parse)
+            assert result.value == Answer(answer="yes")
+            assert client.usage.total("retries") == 2
+        assert len(srv.requests) == 3
+
+
+def test_5xx_is_retried(tmp_path):
+    with FakeOpenAIServer([Reply(status=500), Reply(status=503), Reply('{"answer": "ok"}')]) as srv:
+        with LLMClient(_cfg(srv, tmp_path)) as client:
+            assert client.ask(_req(), parse).ok
+        assert len(srv.requests) == 3
+
+
+def test_400_is_not_retried_and_falls_back_with_the_attempt_count(tmp_path):
+    with FakeOpenAIServer([Reply(status=400), Reply('{"answer": "never"}')]) as srv:
+        with LLMClient(_cfg(srv, tmp_path)) as client:
+            result = client.ask(_req(), parse)
+            assert not result.ok and result.reason == "transport"
+            assert "after 1 attempt" in result.error and "400" in result.error
+            assert client.usage.summary()["stages"]["test"]["fallback_reasons"] == {"transport": 1}
+        assert len(srv.requests) == 1
+
+
+def test_timeout_is_retried_then_fails_with_a_clear_error(tmp_path):
+    slow = [Reply('{"answer": "late"}', delay=1.0) for _ in range(3)]
+    with FakeOpenAIServer(slow) as srv:
+        with LLMClient(_cfg(srv, tmp_path, timeout=0.3, max_retries=2)) as client:
+            result = client.ask(_req(), parse)
+            assert not result.ok and result.reason == "transport"
+            assert "after 3 attempts" in result.error and "Timeout" in result.error
+            assert client.usage.total("retries") == 2
+            with pytest.raises(LLMError) as info:
+                result.unwrap()
+            assert info.value.attempts == 3 and "APITimeoutError" in info.value.last_reply
+        assert len(srv.requests) == 3
+
+
+def test_broken_json_is_reasked_once_then_counted_as_a_fallback(tmp_path):
+    with FakeOpenAIServer([Reply('{"answer": '), Reply("still no json")]) as srv:
+        with LLMClient(_cfg(srv, tmp_path)) as client:
+            result = client.ask(_req(), parse)
+            assert not result.ok and result.reason == "parse" and result.raw == "still no json"
+            summary = client.summary()["stages"]["test"]
+            assert summary["reasks"] == 1 and summary["fallbacks"] == 1
+        # the re-ask shows the model its own reply and the error
+        second = srv.requests[1]["messages"]
+        assert second[-2] == {"role": "assistant", "content": '{"answer": '}
+        assert "could not be used" in second[-1]["content"]
+
+
+def test_reask_can_succeed(tmp_path):
+    with FakeOpenAIServer([Reply('{"wrong": 1}'), Reply('Thinking... {"answer": "fixed"}')]) as srv:
+        with LLMClient(_cfg(srv, tmp_path)) as client:
+            assert client.ask(_req(), parse).value.answer == "fixed"
+            assert client.usage.total("fallbacks") == 0
+
+
+def test_malformed_http_body_is_retried(tmp_path):
+    with FakeOpenAIServer([Reply(raw_body='{"choices": [}'), Reply('{"answer": "ok"}')]) as srv:
+        with LLMClient(_cfg(srv, tmp_path)) as client:
+            assert client.ask(_req(), parse).ok
+        assert len(srv.requests) == 2
+
+
+def test_concurrency_limit_is_never_exceeded(tmp_path):
+    with FakeOpenAIServer(default=lambda body: Reply('{"answer": "x"}'), latency=0.05) as srv:
+        with LLMClient(_cfg(srv, tmp_path, concurrency=3), show_progress=False) as client:
+            results = client.run([_req(i) for i in range(20)], parse)
+        assert all(r.ok for r in results)
+        assert srv.max_in_flight == 3
+        assert len(srv.requests) == 20
+
+
+def test_results_come_back_in_request_order(tmp_path):
+    def echo(body):
+        n = body["messages"][0]["content"].split()[-1]
+        return Reply(json.dumps({"answer": n}), delay=0.01 * (10 - int(n)))
+
+    with FakeOpenAIServer(default=echo) as srv:
+        with LLMClient(_cfg(srv, tmp_path, concurrency=10)) as client:
+            results = client.run([_req(i) for i in range(10)], parse)
+    assert [r.value.answer for r in results] == [str(i) for i in range(10)]
+
+
+def test_second_identical_run_is_served_from_the_cache_with_zero_requests(tmp_path):
+    with FakeOpenAIServer(default=lambda body: Reply('{"answer": "x"}')) as srv:
+        with LLMClient(_cfg(srv, tmp_path)) as client:
+            client.run([_req(i) for i in range(5)], parse)
+        n_first = len(srv.requests)
+        with LLMClient(_cfg(srv, tmp_path)) as client:
+            results = client.run([_req(i) for i in range(5)], parse)
+            assert client.usage.total("cache_hits") == 5 and client.usage.total("cache_misses") == 0
+            assert client.usage.total("requests") == 0
+        assert all(r.from_cache for r in results)
+        assert len(srv.requests) == n_first == 5
+
+
+def test_cache_key_changes_with_the_template_version(tmp_path):
+    with FakeOpenAIServer(default=lambda body: Reply('{"answer": "x"}')) as srv:
+        with LLMClient(_cfg(srv, tmp_path)) as client:
+            client.ask(_req(), parse)
+            client.ask(LLMRequest("test", "unit", "2", _req().messages, {"type": "object"}), parse)
+        assert len(srv.requests) == 2
+
+
+def test_json_schema_goes_out_as_response_format_unless_switched_off(tmp_path):
+    with FakeOpenAIServer(default=lambda body: Reply('{"answer": "x"}')) as srv:
+        with LLMClient(_cfg(srv, tmp_path)) as client:
+            client.ask(_req(), parse)
+        with LLMClient(_cfg(srv, tmp_path, json_schema=False, cache=False)) as client:
+            client.ask(_req(), parse)
+    assert srv.requests[0]["response_format"]["type"] == "json_schema"
+    assert "response_format" not in srv.requests[1]
+
+
+def test_api_key_is_sent_but_never_cached_or_logged(tmp_path, monkeypatch, caplog):
+    secret = "sk-test-SECRET-4f9c2a"
+    monkeypatch.setenv("REFINEG_LLM_API_KEY", secret)
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenAIServer([Reply(status=429), Reply('{"bad": 1}'), Reply(status=400)]) as srv:
+        with LLMClient(_cfg(srv, tmp_path)) as client:
+            result = client.ask(_req(), parse)
+            summary = json.dumps(client.summary())
+    assert srv.headers[0]["authorization"] == f"Bearer {secret}"
+    for f in (tmp_path / "cache").rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+    assert secret not in caplog.text
+    assert secret not in summary and secret not in (result.error or "")
+
+
+def test_no_llm_configured_is_a_config_error(tmp_path):
+    from refineg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no LLM configured"):
+        LLMClient(LLMConfig(cache_dir=tmp_path))
+
+
+def test_last_json_object_takes_the_last_of_several():
+    text = 'Step 1 {"a": 1}. Finally:\n```json\n{"answer": "b", "nested": {"x": [1, 2]}}\n```'
+    assert last_json_object(text) == {"answer": "b", "nested": {"x": [1, 2]}}
+    with pytest.raises(ParseError):
+        last_json_object("no json {here")
+    with pytest.raises(ParseError, match="answer"):
+        parse('{"other": 1}')

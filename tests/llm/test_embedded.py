@@ -1,0 +1,44 @@
+"""The embedded llama.cpp backend with the packaged SmolLM2 (plumbing only: the model is tiny)."""
+
+import pytest
+from pydantic import BaseModel, Field
+
+from refineg.config import LLMConfig
+from refineg.errors import ConfigError
+from refineg.llm import LLMClient, LLMRequest, parse_answer
+from refineg.llm.embedded import packaged_smollm2
+
+
+class Pong(BaseModel):
+    answer: str = Field(pattern="^(pong|ping)$")
+    note: str = Field(max_length=12)
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "enum": ["pong", "ping"]}, "note": {"type": "string", "maxLength": 12}},
+    "required": ["answer", "note"],
+}
+
+
+def test_smollm2_returns_schema_valid_json_through_the_same_client(tmp_path):
+    cfg = LLMConfig(gguf=packaged_smollm2(), cache_dir=tmp_path, max_tokens=64, gguf_ctx=1024)
+    req = LLMRequest("check", "embedded-test", "1",
+                     [{"role": "user", "content": "Answer pong with a short note, as JSON."}], SCHEMA, "e1")
+    with LLMClient(cfg, show_progress=False) as client:
+        assert client.base_url.startswith("http://127.0.0.1:")
+        result = client.ask(req, lambda text: parse_answer(text, Pong))
+        assert result.ok, result.error
+        assert result.value.answer in ("pong", "ping")
+        assert client.usage.total("requests") == 1 and client.usage.total("completion_tokens") > 0
+        port = client._embedded.port
+    # shut down cleanly: the port is free again
+    import socket
+
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_missing_gguf_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="GGUF file not found"):
+        LLMClient(LLMConfig(gguf=tmp_path / "nope.gguf", cache_dir=tmp_path))
