@@ -27,3 +27,18 @@ def twitter_train():
     path = TWITTER_V2 / "txt" / "train.txt"
     assert path.is_file(), f"the shared data is missing: {path}"
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, twitter_train, twitter_dev):
+    """A tagger trained briefly on 50 real tweets and saved (shared by tagger, gate and pipeline tests)."""
+    from refineg.config import RunConfig, TaggerConfig
+    from refineg.data import load_samples
+    from refineg.pipeline import train_model
+
+    train = load_samples(twitter_train)[:50]
+    dev = load_samples(twitter_dev)[:40]
+    cfg = RunConfig(tagger=TaggerConfig(epochs=2, lstm_hidden=32, batch_size=8))
+    out = tmp_path_factory.mktemp("tiny_model")
+    result = train_model(train, dev, cfg, out, progress=False)
+    return out, result, dev

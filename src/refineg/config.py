@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -70,12 +70,47 @@ def api_key() -> str | None:
     return next((os.environ[v] for v in API_KEY_VARS if os.environ.get(v)), None)
 
 
+class TaggerConfig(BaseModel):
+    """The small supervised tagger: encoder, features and training schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encoder: str | None = Field(None, description="HF model name or path; default: the packaged all-MiniLM-L6-v2")
+    max_subtokens: int = Field(192, ge=16, le=4096)
+    shape_dim: int = Field(32, ge=0)
+    lstm_hidden: int = Field(128, ge=0, description="0 puts the emission layer straight on the encoder")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    epochs: int = Field(15, ge=1)
+    patience: int = Field(4, ge=1, description="epochs without a better dev F1 before stopping")
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    lr_encoder: float = Field(1e-4, gt=0)
+    lr_head: float = Field(1e-3, gt=0)
+    lr_crf: float = Field(1e-2, gt=0)
+    warmup: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    seed: int = 13
+    threads: int = Field(2, ge=1)
+
+
+class GateConfig(BaseModel):
+    """How the uncertainty gate picks its threshold on dev."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["budget", "f1"] = "budget"
+    budget: float = Field(0.25, ge=0, le=1, description="share of predicted entities to delegate (mode budget)")
+    missing_rate: float = Field(0.10, ge=0, le=1, description="share of samples flagged as maybe missing an entity")
+
+
 class RunConfig(BaseModel):
     """Everything a run needs; each stage reads its own section."""
 
     model_config = ConfigDict(extra="forbid")
 
     llm: LLMConfig = Field(default_factory=LLMConfig)
+    tagger: TaggerConfig = Field(default_factory=TaggerConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
 
 
 def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:

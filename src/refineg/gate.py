@@ -1,0 +1,158 @@
+"""Stage 2a: the uncertainty gate. Calibrated on dev, it decides which tagger entities to keep and
+which to delegate to the MLLM, and which samples may be missing an entity.
+
+An entity whose score is below ``threshold`` is delegated; a sample whose ``missing_score`` is at
+or above ``missing_threshold`` is flagged. With no LLM configured, everything is kept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .config import GateConfig
+from .errors import ConfigError
+from .eval.metrics import matching, score
+from .types import Prediction, Sample
+
+GATE_FILE = "gate.json"
+
+
+@dataclass(frozen=True)
+class GateCalibration:
+    """The calibrated thresholds and the dev figures behind them."""
+
+    mode: str
+    budget: float
+    threshold: float
+    missing_threshold: float
+    auroc: float
+    delegation_rate: float
+    errors_caught: float
+    misses_in_flagged: float
+    sample_flag_rate: float
+    n_entities: int
+    n_errors: int
+
+    def save(self, model_dir: str | Path) -> None:
+        """Write gate.json into the model folder."""
+        Path(model_dir, GATE_FILE).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> GateCalibration:
+        """Read gate.json from a model folder."""
+        path = Path(model_dir, GATE_FILE)
+        if not path.is_file():
+            raise ConfigError(f"{path}: the model has no calibrated gate")
+        return cls(**json.loads(path.read_text()))
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve of scores for the positive labels (ties get average ranks)."""
+    s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def entity_correctness(preds: Sequence[Prediction], gold: Sequence[Sample]) -> tuple[list[float], list[bool]]:
+    """(score, is correct under MNER) for every predicted entity."""
+    by_id = {g.id: g for g in gold}
+    scores, correct = [], []
+    for p in preds:
+        g = by_id.get(p.id)
+        hit = {i for i, _ in matching(p.entities, g.entities, "mner")} if g else set()
+        for i, e in enumerate(p.entities):
+            scores.append(1.0 if e.score is None else e.score)
+            correct.append(i in hit)
+    return scores, correct
+
+
+def _misses_by_sample(preds: Sequence[Prediction], gold: Sequence[Sample]) -> dict[str, int]:
+    by_id = {p.id: p for p in preds}
+    out = {}
+    for g in gold:
+        ents = by_id[g.id].entities if g.id in by_id else ()
+        out[g.id] = len(g.entities) - len(matching(ents, g.entities, "mner"))
+    return out
+
+
+def _f1_threshold(scores: np.ndarray, correct: np.ndarray, n_gold: int) -> float:
+    """The threshold whose kept entities (score >= it) give the best F1."""
+    best, best_t = -1.0, 0.0
+    for t in np.unique(np.concatenate([[0.0], scores])):
+        keep = scores >= t
+        tp = int(correct[keep].sum())
+        f1 = 2 * tp / (int(keep.sum()) + n_gold) if keep.any() else 0.0
+        if f1 > best:
+            best, best_t = f1, float(t)
+    return best_t
+
+
+def calibrate(preds: Sequence[Prediction], gold: Sequence[Sample], cfg: GateConfig) -> GateCalibration:
+    """Thresholds for the configured mode, with AUROC and catch rates measured on the same dev data."""
+    sc, ok = entity_correctness(preds, gold)
+    scores, correct = np.asarray(sc), np.asarray(ok, dtype=bool)
+    if cfg.mode == "budget":
+        k = int(round(cfg.budget * len(scores)))
+        threshold = float(np.sort(scores)[k]) if k < len(scores) else float("inf")
+    else:
+        threshold = _f1_threshold(scores, correct, sum(len(g.entities) for g in gold))
+    missing = np.asarray([p.missing_score or 0.0 for p in preds])
+    missing_threshold = float(np.quantile(missing, 1 - cfg.missing_rate)) if len(missing) and cfg.missing_rate else float("inf")
+    figures = gate_figures(preds, gold, threshold, missing_threshold)
+    return GateCalibration(mode=cfg.mode, budget=cfg.budget, threshold=threshold, missing_threshold=missing_threshold,
+                           **figures)
+
+
+def gate_figures(preds: Sequence[Prediction], gold: Sequence[Sample], threshold: float, missing_threshold: float) -> dict:
+    """AUROC, delegation rate, share of wrong entities delegated and share of misses in flagged samples."""
+    sc, ok = entity_correctness(preds, gold)
+    scores, correct = np.asarray(sc), np.asarray(ok, dtype=bool)
+    delegated = scores < threshold
+    misses = _misses_by_sample(preds, gold)
+    flagged = {p.id for p in preds if (p.missing_score or 0.0) >= missing_threshold}
+    n_miss = sum(misses.values())
+    return {
+        "auroc": auroc(scores, correct),
+        "delegation_rate": float(delegated.mean()) if len(scores) else 0.0,
+        "errors_caught": float((delegated & ~correct).sum() / max(1, (~correct).sum())),
+        "misses_in_flagged": sum(m for sid, m in misses.items() if sid in flagged) / max(1, n_miss),
+        "sample_flag_rate": len(flagged) / max(1, len(preds)),
+        "n_entities": int(len(scores)),
+        "n_errors": int((~correct).sum()),
+    }
+
+
+def apply_gate(preds: Sequence[Prediction], calib: GateCalibration | None, llm_configured: bool) -> list[Prediction]:
+    """Mark each entity keep/delegate and each sample delegated or not; with no LLM, keep everything."""
+    out = []
+    for p in preds:
+        if not llm_configured or calib is None:
+            out.append(p.with_(entities=tuple(e.with_(decision="keep") for e in p.entities), delegated=False))
+            continue
+        ents = tuple(e.with_(decision="delegate" if (e.score if e.score is not None else 1.0) < calib.threshold else "keep")
+                     for e in p.entities)
+        flagged = (p.missing_score or 0.0) >= calib.missing_threshold
+        out.append(p.with_(entities=ents, delegated=flagged or any(e.decision == "delegate" for e in ents)))
+    return out
+
+
+def mner_f1(preds: Sequence[Prediction], gold: Sequence[Sample]) -> float:
+    """MNER F1 of predictions against gold."""
+    return score(gold, preds).overall["mner"].f1

@@ -1,0 +1,67 @@
+"""Word-shape features that give an uncased encoder its casing signal back.
+
+Each word gets one id combining its shape, what precedes it (``#``, ``@`` or nothing) and whether
+the whole post is upper- or title-cased (then capitalisation says little).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+SHAPES = ("lower", "capitalised", "allcaps", "mixed", "digits", "alnum_digits", "punct", "hash", "at",
+          "url", "emoji_symbol", "rt", "single_upper", "other")
+CONTEXTS = ("none", "after_hash", "after_at")
+N_FEATURES = len(SHAPES) * len(CONTEXTS) * 2 + 1  # +1: padding id 0
+
+_URL = re.compile(r"^(https?:|www\.|\w+\.co/|co/|t\.co)", re.I)
+
+
+def word_shape(word: str) -> str:
+    """The shape class of one word."""
+    if word == "#":
+        return "hash"
+    if word == "@":
+        return "at"
+    if word == "RT":
+        return "rt"
+    if _URL.match(word):
+        return "url"
+    letters = [c for c in word if c.isalpha()]
+    if not letters:
+        if word.isdigit():
+            return "digits"
+        if all(not c.isalnum() for c in word):
+            return "emoji_symbol" if any(ord(c) > 0x2000 for c in word) else "punct"
+        return "other"
+    if any(c.isdigit() for c in word):
+        return "alnum_digits"
+    if len(letters) == 1 and word[0].isupper():
+        return "single_upper"
+    if all(c.isupper() for c in letters):
+        return "allcaps"
+    if all(c.islower() for c in letters):
+        return "lower"
+    if letters[0].isupper() and all(c.islower() for c in letters[1:]):
+        return "capitalised"
+    return "mixed"
+
+
+def is_shouting(words: Sequence[str]) -> bool:
+    """True when most alphabetic words are all-caps or capitalised, so casing carries little signal."""
+    alpha = [w for w in words if any(c.isalpha() for c in w) and len(w) > 1]
+    if len(alpha) < 3:
+        return False
+    upperish = sum(1 for w in alpha if w[0].isupper())
+    return upperish / len(alpha) >= 0.8
+
+
+def shape_ids(words: Sequence[str]) -> list[int]:
+    """One feature id (>= 1) per word."""
+    shout = int(is_shouting(words))
+    ids = []
+    for i, word in enumerate(words):
+        prev = words[i - 1] if i else ""
+        ctx = 1 if prev == "#" else 2 if prev == "@" else 0
+        ids.append(1 + (SHAPES.index(word_shape(word)) * len(CONTEXTS) + ctx) * 2 + shout)
+    return ids

@@ -1,0 +1,57 @@
+"""The tagger network: any Hugging Face encoder, word-shape embeddings, an optional BiLSTM and a CRF."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchcrf import CRF
+
+from .align import EncodedBatch
+from .crf import bio_constraints, enforce
+from .features import N_FEATURES
+
+
+class TaggerModel(nn.Module):
+    """Encoder -> first sub-token of each word ++ shape embedding -> [BiLSTM] -> emissions -> CRF."""
+
+    def __init__(self, encoder: nn.Module, labels: list[str], shape_dim: int = 32, lstm_hidden: int = 128,
+                 dropout: float = 0.2):
+        super().__init__()
+        self.encoder = encoder
+        self.labels = list(labels)
+        hidden = encoder.config.hidden_size
+        self.shape_emb = nn.Embedding(N_FEATURES, shape_dim, padding_idx=0) if shape_dim else None
+        self.dropout = nn.Dropout(dropout)
+        width = hidden + shape_dim
+        self.lstm = nn.LSTM(width, lstm_hidden, batch_first=True, bidirectional=True) if lstm_hidden else None
+        self.emit = nn.Linear(2 * lstm_hidden if lstm_hidden else width, len(labels))
+        self.crf = CRF(len(labels), batch_first=True)
+        start_mask, trans_mask = bio_constraints(self.labels)
+        self.register_buffer("start_mask", start_mask, persistent=False)
+        self.register_buffer("trans_mask", trans_mask, persistent=False)
+        self.enforce_bio()
+
+    def enforce_bio(self) -> None:
+        """Forbid ill-formed BIO moves (an I-X after O or after another type)."""
+        enforce(self.crf, self.start_mask, self.trans_mask)
+
+    def emissions(self, batch: EncodedBatch) -> torch.Tensor:
+        """Per-word tag scores (B, W, K)."""
+        out = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        idx = batch.first_index.unsqueeze(-1).expand(-1, -1, out.size(-1))
+        words = torch.gather(out, 1, idx)
+        if self.shape_emb is not None:
+            words = torch.cat([words, self.shape_emb(batch.shape_ids)], dim=-1)
+        x = self.dropout(words)
+        if self.lstm is not None:
+            lengths = batch.word_mask.sum(1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            x, _ = self.lstm(packed)
+            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=batch.word_mask.size(1))
+            x = self.dropout(x)
+        return self.emit(x)
+
+    def loss(self, batch: EncodedBatch, tags: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood of the gold tags."""
+        em = self.emissions(batch)
+        return -self.crf(em, tags, mask=batch.word_mask, reduction="mean")

@@ -1,0 +1,173 @@
+"""A trained tagger: predict entities with single-pass confidence scores; save and load MODEL_DIR."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..config import TaggerConfig
+from ..data.bio import spans_from_tags
+from ..errors import ConfigError
+from ..types import Entity, Prediction, Sample
+from .align import Aligner
+from .crf import forward_backward, marginals, span_probability
+from .encoder import load_encoder
+from .features import shape_ids
+from .model import TaggerModel
+
+WEIGHTS = "model.pt"
+
+
+@dataclass(frozen=True)
+class EntityScores:
+    """Every confidence we compute for one predicted entity (the benchmark compares them)."""
+
+    span_marginal: float
+    mean_max_prob: float
+    min_tag_marginal: float
+    mc_dropout: float | None = None
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """A prediction plus the alternative scores of its entities, in the same order."""
+
+    prediction: Prediction
+    scores: tuple[EntityScores, ...]
+
+
+@dataclass(frozen=True)
+class _Lattice:
+    """One batch's forward-backward results as NumPy arrays, for fast per-entity scoring."""
+
+    trans: np.ndarray
+    end_trans: np.ndarray
+    emissions: np.ndarray
+    alpha: np.ndarray
+    beta: np.ndarray
+    log_z: np.ndarray
+    marginals: np.ndarray
+
+    @classmethod
+    def of(cls, crf, em: torch.Tensor, mask: torch.Tensor) -> _Lattice:
+        alpha, beta, log_z = forward_backward(crf, em, mask)
+        return cls(crf.transitions.detach().numpy(), crf.end_transitions.detach().numpy(), em.detach().numpy(),
+                   alpha.numpy(), beta.numpy(), log_z.numpy(), marginals(alpha, beta, log_z).numpy())
+
+    def span(self, b: int, n: int, start: int, end: int, bi: int, ii: int) -> float:
+        """The CRF probability of one labelled span of sequence b."""
+        return span_probability(self.trans, self.end_trans, self.emissions[b], self.alpha[b], self.beta[b],
+                                float(self.log_z[b]), n, start, end, bi, ii)
+
+
+class Tagger:
+    """An encoder + CRF tagger with its tokenizer, labels and config."""
+
+    def __init__(self, model: TaggerModel, tokenizer, config: TaggerConfig):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.aligner = Aligner(tokenizer, config.max_subtokens)
+        self.labels = model.labels
+        self._o = self.labels.index("O")
+
+    # ---- prediction -----------------------------------------------------------------------
+
+    def predict(self, samples: Sequence[Sample], mc_samples: int = 0, progress: bool = False) -> list[Prediction]:
+        """One prediction per sample, each entity with a score in [0, 1] (the CRF span marginal)."""
+        return [t.prediction for t in self.predict_detailed(samples, mc_samples, progress)]
+
+    @torch.no_grad()
+    def predict_detailed(self, samples: Sequence[Sample], mc_samples: int = 0, progress: bool = False) -> list[Tagged]:
+        """Predictions with every alternative entity score; mc_samples > 0 adds MC-dropout scores."""
+        from tqdm import tqdm
+
+        torch.set_num_threads(self.config.threads)
+        order = sorted(range(len(samples)), key=lambda i: len(samples[i].tokens))
+        out: list[Tagged | None] = [None] * len(samples)
+        bs = self.config.eval_batch_size
+        for k in tqdm(range(0, len(order), bs), desc="tagging", disable=not progress, leave=False):
+            idx = [i for i in order[k:k + bs]]
+            for i, tagged in zip(idx, self._predict_batch([samples[i] for i in idx], mc_samples)):
+                out[i] = tagged
+        return out  # type: ignore[return-value]
+
+    def _predict_batch(self, batch: list[Sample], mc_samples: int) -> list[Tagged]:
+        results = {s.id: Tagged(Prediction(s.id, (), tokens=s.tokens, image=s.image, missing_score=0.0), ())
+                   for s in batch if not s.tokens}
+        nonempty = [s for s in batch if s.tokens]
+        if nonempty:
+            words = [list(s.tokens) for s in nonempty]
+            enc = self.aligner.encode(words, [shape_ids(w) for w in words])
+            self.model.eval()
+            em = self.model.emissions(enc)
+            paths = self.model.crf.decode(em, mask=enc.word_mask)
+            single = _Lattice.of(self.model.crf, em, enc.word_mask)
+            mc = [_Lattice.of(self.model.crf, e, enc.word_mask) for e in self._mc_emissions(enc, mc_samples)]
+            for b, sample in enumerate(nonempty):
+                results[sample.id] = self._tagged(sample, b, paths[b], single, mc)
+        return [results[s.id] for s in batch]
+
+    def _mc_emissions(self, enc, n: int) -> list[torch.Tensor]:
+        """Emissions of n passes with dropout on (MC dropout)."""
+        if not n:
+            return []
+        self.model.train()
+        try:
+            return [self.model.emissions(enc) for _ in range(n)]
+        finally:
+            self.model.eval()
+
+    def _tagged(self, sample: Sample, b: int, path: list[int], lat: _Lattice, mc: list[_Lattice]) -> Tagged:
+        n = len(path)  # words past the sub-token limit are left untagged
+        tags = [self.labels[t] for t in path] + ["O"] * (len(sample.tokens) - n)
+        entities, scores = [], []
+        inside = np.zeros(n, dtype=bool)
+        marg = lat.marginals[b, :n]
+        for start, end, etype in spans_from_tags(tags):
+            bi, ii = self.labels.index(f"B-{etype}"), self.labels.index(f"I-{etype}")
+            p = lat.span(b, n, start, end, bi, ii)
+            m = marg[start:end]
+            mc_score = sum(x.span(b, n, start, end, bi, ii) for x in mc) / len(mc) if mc else None
+            decoded = m[np.arange(end - start), path[start:end]]
+            scores.append(EntityScores(p, float(m.max(-1).mean()), float(decoded.min()), mc_score))
+            entities.append(Entity(" ".join(sample.tokens[start:end]), etype, start, end, score=p, source="tagger"))
+            inside[start:end] = True
+        outside = marg[~inside, self._o]
+        missing = float((1 - outside).max()) if outside.size else 0.0
+        pred = Prediction(sample.id, tuple(entities), tokens=sample.tokens, image=sample.image,
+                          missing_score=min(1.0, max(0.0, missing)))
+        return Tagged(pred, tuple(scores))
+
+    # ---- persistence ----------------------------------------------------------------------
+
+    def save(self, model_dir: str | Path, meta: dict | None = None) -> None:
+        """Write weights, tokenizer, encoder config, labels, tagger config and metadata."""
+        model_dir = Path(model_dir)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        self.model.encoder.config.save_pretrained(model_dir / "encoder")
+        self.tokenizer.save_pretrained(model_dir / "encoder")
+        torch.save(self.model.state_dict(), model_dir / WEIGHTS)
+        (model_dir / "labels.json").write_text(json.dumps(self.labels, indent=1))
+        (model_dir / "tagger_config.json").write_text(self.config.model_dump_json(indent=1))
+        if meta is not None:
+            (model_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> Tagger:
+        """A tagger saved by save()."""
+        model_dir = Path(model_dir)
+        if not (model_dir / WEIGHTS).is_file():
+            raise ConfigError(f"{model_dir}: not a refineg model folder (no {WEIGHTS}); train one with `refineg train`")
+        config = TaggerConfig.model_validate_json((model_dir / "tagger_config.json").read_text())
+        labels = json.loads((model_dir / "labels.json").read_text())
+        encoder, tokenizer = load_encoder(None, config_only_from=model_dir / "encoder")
+        model = TaggerModel(encoder, labels, config.shape_dim, config.lstm_hidden, config.dropout)
+        model.load_state_dict(torch.load(model_dir / WEIGHTS, map_location="cpu", weights_only=True))
+        model.eval()
+        return cls(model, tokenizer, config)

@@ -1,0 +1,160 @@
+"""Training: AdamW with warm-up and linear decay, separate learning rates for encoder, head and CRF,
+best epoch by dev MNER F1 with early stopping. Seeded."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import TaggerConfig
+from ..data.bio import tags_from_spans
+from ..errors import DataError
+from ..eval.metrics import score
+from ..types import Sample
+from .encoder import load_encoder
+from .features import shape_ids
+from .model import TaggerModel
+from .tagger import Tagger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainReport:
+    """What happened in training, saved as MODEL_DIR/meta.json."""
+
+    epochs_run: int = 0
+    best_epoch: int = 0
+    best_dev_f1: float = 0.0
+    dev_f1_by_epoch: list[float] = field(default_factory=list)
+    loss_by_epoch: list[float] = field(default_factory=list)
+    train_sentences: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def labels_for(samples: Sequence[Sample]) -> list[str]:
+    """``O`` then B-/I- tags of every type seen, sorted."""
+    types = sorted({e.type for s in samples for e in s.entities})
+    return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
+
+
+def _examples(samples: Sequence[Sample], labels: list[str]) -> list[tuple[list[str], list[int], list[int]]]:
+    index = {lab: i for i, lab in enumerate(labels)}
+    out = []
+    for s in samples:
+        if not s.tokens:
+            continue
+        spans = [(e.start, e.end, e.type) for e in s.entities]
+        if any(st is None for st, _, _ in spans):
+            raise DataError("training entities need token offsets", sample=s.id)
+        try:
+            tags = tags_from_spans(len(s.tokens), spans)
+        except ValueError as exc:
+            raise DataError(f"cannot train on it: {exc}", sample=s.id) from None
+        out.append((list(s.tokens), shape_ids(s.tokens), [index[t] for t in tags]))
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _optimizer(model: TaggerModel, cfg: TaggerConfig) -> torch.optim.Optimizer:
+    groups: dict[str, list] = {"encoder": [], "encoder_nd": [], "crf": [], "head": []}
+    for name, p in model.named_parameters():
+        if name.startswith("encoder."):
+            no_decay = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+            groups["encoder_nd" if no_decay else "encoder"].append(p)
+        elif name.startswith("crf."):
+            groups["crf"].append(p)
+        else:
+            groups["head"].append(p)
+    return torch.optim.AdamW([
+        {"params": groups["encoder"], "lr": cfg.lr_encoder, "weight_decay": cfg.weight_decay},
+        {"params": groups["encoder_nd"], "lr": cfg.lr_encoder, "weight_decay": 0.0},
+        {"params": groups["head"], "lr": cfg.lr_head, "weight_decay": cfg.weight_decay},
+        {"params": groups["crf"], "lr": cfg.lr_crf, "weight_decay": 0.0},
+    ])
+
+
+def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: TaggerConfig,
+                 progress: bool = True, on_epoch: Callable[[int, float, float], None] | None = None) -> tuple[Tagger, TrainReport]:
+    """Train on train; pick the epoch with the best dev MNER F1 (the last epoch without dev)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    t0 = time.perf_counter()
+    seed_everything(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    labels = labels_for(list(train) + list(dev or []))
+    examples = _examples(train, labels)
+    if not examples:
+        raise DataError("no training sentences")
+    encoder, tokenizer = load_encoder(cfg.encoder)
+    model = TaggerModel(encoder, labels, cfg.shape_dim, cfg.lstm_hidden, cfg.dropout)
+    tagger = Tagger(model, tokenizer, cfg)
+    opt = _optimizer(model, cfg)
+    steps = cfg.epochs * ((len(examples) + cfg.batch_size - 1) // cfg.batch_size)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * steps), steps)
+    report = TrainReport(train_sentences=len(examples))
+    rng = random.Random(cfg.seed)
+    best_state, stale = None, 0
+    for epoch in range(1, cfg.epochs + 1):
+        loss = _run_epoch(tagger, examples, opt, sched, rng, progress, epoch)
+        f1 = score(dev, tagger.predict(dev)).overall["mner"].f1 if dev else 0.0
+        report.loss_by_epoch.append(round(loss, 4))
+        report.dev_f1_by_epoch.append(round(f1, 4))
+        report.epochs_run = epoch
+        log.info("epoch %d: loss %.4f, dev MNER F1 %.4f", epoch, loss, f1)
+        if on_epoch:
+            on_epoch(epoch, loss, f1)
+        if best_state is None or f1 > report.best_dev_f1 or not dev:
+            best_state, report.best_epoch, report.best_dev_f1, stale = copy.deepcopy(model.state_dict()), epoch, f1, 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    report.seconds = round(time.perf_counter() - t0, 1)
+    return tagger, report
+
+
+def _run_epoch(tagger: Tagger, examples, opt, sched, rng: random.Random, progress: bool, epoch: int) -> float:
+    model, cfg = tagger.model, tagger.config
+    model.train()
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    total, n = 0.0, 0
+    bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", disable=not progress, leave=False)
+    for k in bar:
+        chunk = [examples[i] for i in order[k:k + cfg.batch_size]]
+        enc = tagger.aligner.encode([c[0] for c in chunk], [c[1] for c in chunk])
+        tags = torch.zeros_like(enc.word_mask, dtype=torch.long)
+        for b, (_, _, tag_ids) in enumerate(chunk):
+            tags[b, : len(tag_ids)] = torch.tensor(tag_ids)
+        tags = tags * enc.word_mask  # words past the sub-token limit carry no label
+        loss = model.loss(enc, tags)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        model.enforce_bio()
+        total += loss.item() * len(chunk)
+        n += len(chunk)
+        bar.set_postfix(loss=f"{total / n:.3f}")
+    return total / max(n, 1)

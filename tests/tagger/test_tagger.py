@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+
+from refineg.config import TaggerConfig
+from refineg.errors import ConfigError
+from refineg.tagger.align import Aligner
+from refineg.tagger.crf import forward_backward, marginals
+from refineg.tagger.encoder import load_encoder
+from refineg.tagger.features import shape_ids, word_shape
+from refineg.tagger.model import TaggerModel
+from refineg.tagger.tagger import Tagger
+from refineg.types import Sample
+
+LABELS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_encoder(None)
+
+
+def test_crf_marginals_of_each_token_sum_to_one():
+    torch.manual_seed(0)
+    model_crf = TaggerModel.__new__(TaggerModel)  # only the CRF is needed here
+    from torchcrf import CRF
+
+    crf = CRF(len(LABELS), batch_first=True)
+    em = torch.randn(3, 7, len(LABELS)) * 3
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6], dtype=torch.bool)
+    alpha, beta, log_z = forward_backward(crf, em, mask)
+    marg = marginals(alpha, beta, log_z)
+    sums = marg.sum(-1)[mask]
+    assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
+    # log Z agrees with pytorch-crf's own forward algorithm
+    assert torch.allclose(log_z, crf._compute_normalizer(em.transpose(0, 1), mask.transpose(0, 1)), atol=1e-4)
+
+
+def test_alignment_on_urls_emoji_and_hashtags(encoder):
+    _, tok = encoder
+    words = ["RT", "@", "bob", ":", "Ted", "Cruz", "\ufe0f", "😂😂", "#", "CruzCrew", "http://t.", "co/p47YO61bam"]
+    enc = Aligner(tok).encode([words, words[:3]], [shape_ids(words), shape_ids(words[:3])])
+    assert enc.word_mask[0].tolist() == [True] * len(words)
+    assert enc.word_mask[1].tolist() == [True] * 3 + [False] * (len(words) - 3)
+    firsts = enc.first_index[0].tolist()
+    assert firsts == sorted(firsts) and len(set(firsts)) == len(words)  # one distinct first piece per word
+    ids = enc.input_ids[0].tolist()
+    assert tok.convert_ids_to_tokens(ids[firsts[9]]) == "cruz"  # first piece of "CruzCrew"
+    assert tok.convert_ids_to_tokens(ids[firsts[6]]) == tok.unk_token  # a lone variation selector vanishes otherwise
+
+
+def test_truncated_words_are_masked(encoder):
+    _, tok = encoder
+    words = ["word"] * 100
+    enc = Aligner(tok, max_subtokens=32).encode([words], [shape_ids(words)])
+    assert int(enc.word_mask.sum()) == 30  # [CLS] and [SEP] take two of the 32
+
+
+def test_shapes():
+    assert [word_shape(w) for w in ["ted", "Ted", "NASA", "iPhone", "2017", "B2B", "!", "#", "@", "http://t.", "RT", "😂"]] == [
+        "lower", "capitalised", "allcaps", "mixed", "digits", "alnum_digits", "punct", "hash", "at", "url", "rt", "emoji_symbol"]
+    assert shape_ids(["#", "Sox"])[1] != shape_ids(["the", "Sox"])[1]  # context after '#'
+
+
+def test_bad_encoder_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot load encoder"):
+        load_encoder(str(tmp_path / "no-such-encoder"))
+
+
+def test_short_training_lowers_the_loss(tiny_model):
+    _, result, _ = tiny_model
+    losses = result.meta["train"]["loss_by_epoch"]
+    assert len(losses) == 2 and losses[1] < losses[0]
+
+
+def test_scores_are_probabilities_and_decoding_is_well_formed_bio(tiny_model):
+    out, result, dev = tiny_model
+    tagged = result.tagger.predict_detailed(dev, mc_samples=2)
+    for t in tagged:
+        for e, s in zip(t.prediction.entities, t.scores):
+            assert 0.0 <= e.score <= 1.0 and e.score == s.span_marginal
+            assert 0.0 <= s.mean_max_prob <= 1.0 and 0.0 <= s.min_tag_marginal <= 1.0 and 0.0 <= s.mc_dropout <= 1.0
+            # the exact span probability can never exceed the weakest decoded tag's marginal
+            assert s.span_marginal <= s.min_tag_marginal + 1e-6
+        assert 0.0 <= t.prediction.missing_score <= 1.0
+
+
+def test_save_then_load_gives_identical_predictions(tiny_model):
+    out, result, dev = tiny_model
+    assert (out / "model.pt").is_file() and (out / "gate.json").is_file() and (out / "meta.json").is_file()
+    loaded = Tagger.load(out)
+    assert loaded.predict(dev) == result.tagger.predict(dev)
+
+
+def test_empty_sample_gets_an_empty_prediction(tiny_model):
+    _, result, _ = tiny_model
+    (p,) = result.tagger.predict([Sample("e", ())])
+    assert p.entities == () and p.missing_score == 0.0
+
+
+def test_loading_a_folder_that_is_not_a_model(tmp_path):
+    with pytest.raises(ConfigError, match="not a refineg model folder"):
+        Tagger.load(tmp_path)

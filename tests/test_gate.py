@@ -1,0 +1,49 @@
+import math
+
+import pytest
+
+from refineg.config import GateConfig
+from refineg.gate import GateCalibration, apply_gate, auroc, calibrate
+from refineg.types import Entity, Prediction, Sample
+
+
+def test_auroc_by_hand():
+    assert auroc([0.9, 0.8, 0.3, 0.1], [True, True, False, False]) == 1.0
+    assert auroc([0.1, 0.2, 0.8, 0.9], [True, True, False, False]) == 0.0
+    assert auroc([0.5, 0.5], [True, False]) == 0.5
+    assert auroc([0.9, 0.4, 0.6, 0.1], [True, True, False, False]) == 0.75
+    assert math.isnan(auroc([0.3], [True]))
+
+
+def _data():
+    gold = [Sample(f"s{i}", ("a", "b"), (Entity("a", "PER", 0, 1),)) for i in range(8)]
+    preds = []
+    for i in range(8):
+        right = i < 6
+        preds.append(Prediction(f"s{i}", (Entity("a", "PER" if right else "ORG", 0, 1, score=0.5 + i / 20 if right else 0.1 * (i - 5)),),
+                                missing_score=i / 10))
+    return gold, preds
+
+
+def test_budget_calibration_delegates_the_least_confident_quarter():
+    gold, preds = _data()
+    cal = calibrate(preds, gold, GateConfig(budget=0.25))
+    assert cal.delegation_rate == 0.25 and cal.errors_caught == 1.0 and cal.auroc == 1.0
+    gated = apply_gate(preds, cal, llm_configured=True)
+    assert [e.decision for p in gated for e in p.entities].count("delegate") == 2
+
+
+def test_gate_keeps_every_entity_when_no_llm_is_configured(tiny_model):
+    out, result, dev = tiny_model
+    preds = result.tagger.predict(dev)
+    gated = apply_gate(preds, GateCalibration.load(out), llm_configured=False)
+    assert all(e.decision == "keep" for p in gated for e in p.entities)
+    assert not any(p.delegated for p in gated)
+    assert [e.text for p in gated for e in p.entities] == [e.text for p in preds for e in p.entities]
+
+
+def test_f1_mode_picks_a_threshold_that_drops_low_scored_wrong_entities():
+    gold, preds = _data()
+    cal = calibrate(preds, gold, GateConfig(mode="f1"))
+    assert cal.threshold == pytest.approx(0.5)
+    assert apply_gate(preds, cal, True)[7].entities[0].decision == "delegate"
