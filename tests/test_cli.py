@@ -55,3 +55,62 @@ def test_llm_check_without_an_llm_is_a_clear_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFINEG_LLM")}
     res = subprocess.run(REFINEG + ["llm-check", "--cache-dir", str(tmp_path)], capture_output=True, text=True, env=env)
     assert res.returncode == 2 and "no LLM configured" in res.stderr
+
+
+def test_train_then_predict_through_the_cli(twitter_train, twitter_dev, tmp_path):
+    from refineg.data import load_samples, save_samples
+
+    save_samples(load_samples(twitter_train)[:30], tmp_path / "train.jsonl")
+    save_samples(load_samples(twitter_dev)[:20], tmp_path / "dev.jsonl")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("[tagger]\nlstm_hidden = 16\nbatch_size = 8\n")
+    res = _run("train", "--train", tmp_path / "train.jsonl", "--dev", tmp_path / "dev.jsonl", "--out", tmp_path / "m",
+               "--epochs", "1", "--config", cfg, "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "dev MNER" in res.stdout and "AUROC" in res.stdout
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    assert meta["config"]["tagger"]["lstm_hidden"] == 16 and meta["sources"]["train_samples"] == 30
+    res = _run("predict", "--model", tmp_path / "m", "--data", tmp_path / "dev.jsonl", "--out", tmp_path / "p.jsonl", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "the gate keeps every entity" in res.stdout
+    lines = [json.loads(l) for l in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(lines) == 20
+    for line in lines:
+        assert 0.0 <= line["missing_score"] <= 1.0
+        for e in line["entities"]:
+            assert 0.0 <= e["score"] <= 1.0 and e["decision"] == "keep" and e["source"] == "tagger"
+    assert _run("evaluate", tmp_path / "dev.jsonl", tmp_path / "p.jsonl", "--json").returncode == 0
+
+
+def test_train_with_a_bad_encoder_exits_2(twitter_dev, tmp_path):
+    res = _run("train", "--train", twitter_dev, "--dev", twitter_dev, "--out", tmp_path / "m",
+               "--encoder", tmp_path / "missing-encoder", "--quiet")
+    assert res.returncode == 2 and "cannot load encoder" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_synthesize_offline_and_with_a_scripted_llm(twitter_train, twitter_dev, tmp_path):
+    from refineg.testing.fake_openai import FakeOpenAIServer, Reply
+
+    ids = tmp_path / "ids"
+    ids.write_text("O_3498\n")
+    res = _run("synthesize", "--train", twitter_train, "--ids", ids, "--out", tmp_path / "mr.jsonl", "--quiet",
+               "--per-sample", "2")
+    assert res.returncode == 0, res.stderr
+    assert "no LLM configured" in res.stdout
+    # one seed, two PER mentions: the only new sentence swaps them; the second copy repeats it
+    assert len((tmp_path / "mr.jsonl").read_text().splitlines()) == 1
+    assert json.loads((tmp_path / "mr.jsonl.summary.json").read_text())["dropped"] == {"duplicate_sentence": 1}
+
+    answer = {"samples": [
+        {"text": "Tobey Maguire and Leonardo DiCaprio at the lanes", "entities": [
+            {"text": "Tobey Maguire", "type": "PER"}, {"text": "Leonardo DiCaprio", "type": "PER"}]},
+        {"text": "Leonardo DiCaprio won", "entities": [{"text": "Kate Winslet", "type": "PER"}]}]}
+    with FakeOpenAIServer(default=lambda body: Reply(json.dumps(answer))) as srv:
+        res = _run("synthesize", "--train", twitter_train, "--ids", ids, "--out", tmp_path / "llm.jsonl", "--quiet",
+                   "--llm-base-url", srv.base_url, "--llm-model", "m", "--cache-dir", tmp_path / "c",
+                   "--exclude", twitter_dev)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(l) for l in (tmp_path / "llm.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["seed_id"] == "O_3498" and lines[0]["source"] == "synthetic"
+    summary = json.loads((tmp_path / "llm.jsonl.summary.json").read_text())
+    assert summary["dropped"] == {"entity_not_in_text": 2, "duplicate_sentence": 1}  # keep + new requests

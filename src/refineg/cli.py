@@ -233,3 +233,55 @@ def predict(
         out.print(f"MNER  P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}")
         out.print(f"score AUROC {g['auroc']:.4f}; at the calibrated threshold {g['delegation_rate']:.1%} delegated, "
                   f"catching {g['errors_caught']:.1%} of wrong entities")
+
+
+# ---- stage 1a: synthesis -----------------------------------------------------------------------
+
+
+@app.command()
+def synthesize(
+    train_data: Path = typer.Option(..., "--train", help="Labelled seed data (any supported input)."),
+    out_path: Path = typer.Option(..., "--out", help="Synthesized sentences (canonical JSONL)."),
+    ids: Optional[Path] = typer.Option(None, "--ids", help="Keep only these seed ids."),
+    types: Optional[str] = typer.Option(None, "--types", help="Type descriptions: twitter, ccks or a TOML file."),
+    method: Optional[str] = typer.Option(None, "--method", help="llm or mention-replacement (default: llm if configured)."),
+    per_sample: Optional[int] = typer.Option(None, "--per-sample", help="LLM: sentences keeping the entities (new and "
+                                             "none get half); mention replacement: copies per seed."),
+    exclude: Optional[list[Path]] = typer.Option(None, "--exclude", help="Data whose sentences must not appear (dev, test)."),
+    config: Optional[Path] = CONFIG, llm_base_url: Optional[str] = LLM_BASE_URL, llm_model: Optional[str] = LLM_MODEL,
+    llm_gguf: Optional[Path] = LLM_GGUF, llm_mmproj: Optional[Path] = LLM_MMPROJ,
+    llm_concurrency: Optional[int] = LLM_CONCURRENCY, llm_timeout: Optional[float] = LLM_TIMEOUT,
+    llm_retries: Optional[int] = LLM_RETRIES, no_cache: bool = NO_CACHE, cache_dir: Optional[Path] = CACHE_DIR,
+    no_json_schema: bool = NO_JSON_SCHEMA,
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Synthesize validated training sentences from labelled seeds (LLM, or offline mention replacement)."""
+    from .config import ConfigError
+    from .data import load_samples, read_ids
+    from .data.jsonl import write_jsonl
+    from .synth import synthesize as run_synthesis
+
+    if method not in (None, "llm", "mention-replacement"):
+        raise ConfigError(f"--method must be llm or mention-replacement, not {method!r}")
+    cfg = run_config(config, llm_base_url, llm_model, llm_gguf, llm_mmproj, llm_concurrency, llm_timeout,
+                     llm_retries, no_cache, cache_dir, no_json_schema)
+    synth = {"typeset": types}
+    if per_sample is not None:
+        synth.update(per_sample=per_sample, n_keep=per_sample, n_new=max(1, per_sample // 2), n_none=max(1, per_sample // 2))
+    cfg = cfg.model_copy(update={"synth": cfg.synth.model_copy(update={k: v for k, v in synth.items() if v is not None})})
+    if method == "llm" and not cfg.llm.configured:
+        raise ConfigError("--method llm needs an LLM: give --llm-base-url and --llm-model, or --llm-gguf")
+    seeds = load_samples(train_data, read_ids(ids) if ids else None)
+    held_out = [s for f in exclude or [] for s in load_samples(f)]
+    result = run_synthesis(seeds, cfg, method, held_out, progress=not quiet)
+    write_jsonl(result.samples, out_path)
+    summary_path = out_path.with_name(out_path.name + ".summary.json")
+    summary_path.write_text(json.dumps(result.summary, indent=1))
+    s = result.summary
+    if s.get("note"):
+        out.print(s["note"])
+    drops = ", ".join(f"{k} {v}" for k, v in s["dropped"].items()) or "none"
+    out.print(f"kept {s['kept']} sentences from {len(seeds)} seeds -> {out_path}")
+    out.print(f"dropped: {drops}")
+    if s.get("failed_requests"):
+        out.print(f"[yellow]{s['failed_requests']} request(s) failed after retries or a re-ask (counted as fallbacks)[/]")

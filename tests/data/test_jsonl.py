@@ -33,9 +33,10 @@ def test_prediction_without_offsets_or_tokens(tmp_path):
 
 
 def test_text_only_sample_is_tokenised(tmp_path):
-    f = _write(tmp_path, json.dumps({"id": "t", "text": "RT @bob: Go #Sox! http://t.co/x"}))
+    f = _write(tmp_path, json.dumps({"id": "t", "text": "RT @bob_2: We're at Kiel's #Sox! http://t.co/x https://x.org/a"}))
     (s,) = load_samples(f)
-    assert s.tokens == ("RT", "@", "bob", ":", "Go", "#", "Sox", "!", "http://t.co/x")
+    assert s.tokens == ("RT", "@", "bob", "_", "2", ":", "We", "'", "re", "at", "Kiel", "'", "s", "#", "Sox", "!",
+                        "http://t.", "co/x", "https://x.org/a")
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import unicodedata
 
-# URLs stay whole; words keep inner apostrophes and hyphens ("don't", "F-16"); every other
-# non-space character is its own token, so "#", "@" and punctuation split off as in Twitter-GMNER.
-_TOKEN_RE = re.compile(r"https?://\S+|\w+(?:['’\-]\w+)*|\S", re.UNICODE)
+# As Twitter-GMNER tokenises: a t.co link splits after "t." ("http://t." "co/xyz"), other URLs
+# stay whole, words keep inner hyphens ("F-16", "wi-fi"), and every other non-space character is
+# its own token, so "#", "@", "_", apostrophes ("We ' re") and punctuation split off.
+_TOKEN_RE = re.compile(r"https?://t\.(?=co/)|co/\S+|https?://\S+|[^\W_]+(?:-[^\W_]+)*|\S", re.UNICODE)
 
 
 def _is_cjk(ch: str) -> bool:

@@ -18,6 +18,8 @@ class EncodedBatch:
     first_index: torch.Tensor  # (batch, max_words): sub-token position of each word's first piece
     word_mask: torch.Tensor  # (batch, max_words): True where the word exists and was not truncated
     shape_ids: torch.Tensor  # (batch, max_words)
+    sub_shape_ids: torch.Tensor  # (batch, sub-tokens): each piece carries its word's shape id, 0 for specials
+    prior_ids: torch.Tensor  # (batch, max_words): prior NER feature ids, 0 when unused
 
 
 class Aligner:
@@ -38,7 +40,8 @@ class Aligner:
         unk = self.tokenizer.unk_token or "[UNK]"
         return [w if w.strip() and self._pieces(w) else unk for w in words]
 
-    def encode(self, batch_words: Sequence[Sequence[str]], batch_shapes: Sequence[Sequence[int]]) -> EncodedBatch:
+    def encode(self, batch_words: Sequence[Sequence[str]], batch_shapes: Sequence[Sequence[int]],
+               batch_prior: Sequence[Sequence[int]] | None = None) -> EncodedBatch:
         """Tensors for a batch of word lists."""
         cleaned = [self.clean(ws) for ws in batch_words]
         enc = self.tokenizer(cleaned, is_split_into_words=True, truncation=True, max_length=self.max_subtokens,
@@ -47,12 +50,19 @@ class Aligner:
         first = torch.zeros(len(batch_words), n_words, dtype=torch.long)
         mask = torch.zeros(len(batch_words), n_words, dtype=torch.bool)
         shapes = torch.zeros(len(batch_words), n_words, dtype=torch.long)
+        prior = torch.zeros(len(batch_words), n_words, dtype=torch.long)
+        sub_shapes = torch.zeros_like(enc["input_ids"])
         for b in range(len(batch_words)):
             seen = set()
             for pos, w in enumerate(enc.word_ids(b)):
-                if w is not None and w not in seen:
+                if w is None:
+                    continue
+                sub_shapes[b, pos] = batch_shapes[b][w]
+                if w not in seen:
                     seen.add(w)
                     first[b, w] = pos
                     mask[b, w] = True
             shapes[b, : len(batch_shapes[b])] = torch.tensor(batch_shapes[b], dtype=torch.long)
-        return EncodedBatch(enc["input_ids"], enc["attention_mask"], first, mask, shapes)
+            if batch_prior is not None:
+                prior[b, : len(batch_prior[b])] = torch.tensor(batch_prior[b], dtype=torch.long)
+        return EncodedBatch(enc["input_ids"], enc["attention_mask"], first, mask, shapes, sub_shapes, prior)

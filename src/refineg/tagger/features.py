@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from ..errors import ConfigError
+
 SHAPES = ("lower", "capitalised", "allcaps", "mixed", "digits", "alnum_digits", "punct", "hash", "at",
           "url", "emoji_symbol", "rt", "single_upper", "other")
 CONTEXTS = ("none", "after_hash", "after_at")
@@ -65,3 +67,37 @@ def shape_ids(words: Sequence[str]) -> list[int]:
         ctx = 1 if prev == "#" else 2 if prev == "@" else 0
         ids.append(1 + (SHAPES.index(word_shape(word)) * len(CONTEXTS) + ctx) * 2 + shout)
     return ids
+
+
+class PriorNER:
+    """Entity tags from a cased spaCy NER model, as one feature id per word (0 padding, 1 outside).
+
+    A pretrained cased NER knows casing and common names even when the encoder is uncased and the
+    labelled data is small; the tagger learns how far to trust it.
+    """
+
+    def __init__(self, model: str):
+        try:
+            import spacy
+        except ImportError:
+            raise ConfigError("prior_ner needs spaCy (pip install spacy)") from None
+        try:
+            self.nlp = spacy.load(model, exclude=["parser", "tagger", "lemmatizer", "attribute_ruler", "senter"])
+        except OSError as exc:
+            raise ConfigError(f"cannot load spaCy model {model!r}: {str(exc).splitlines()[0]}") from None
+        self.labels = sorted(self.nlp.get_pipe("ner").labels)
+        self._index = {lab: i for i, lab in enumerate(self.labels)}
+
+    @property
+    def n_ids(self) -> int:
+        """Size of the id space, padding included."""
+        return 2 + 2 * len(self.labels)
+
+    def ids(self, batch_words: Sequence[Sequence[str]]) -> list[list[int]]:
+        """Feature ids for each word of each word list (our tokenisation is kept)."""
+        from spacy.tokens import Doc
+
+        docs = self.nlp.pipe((Doc(self.nlp.vocab, words=[w if w.strip() else "_" for w in ws]) for ws in batch_words),
+                             batch_size=256)
+        return [[1 if not t.ent_type_ else 2 + 2 * self._index[t.ent_type_] + (t.ent_iob_ == "I") for t in doc]
+                for doc in docs]

@@ -15,14 +15,20 @@ class TaggerModel(nn.Module):
     """Encoder -> first sub-token of each word ++ shape embedding -> [BiLSTM] -> emissions -> CRF."""
 
     def __init__(self, encoder: nn.Module, labels: list[str], shape_dim: int = 32, lstm_hidden: int = 128,
-                 dropout: float = 0.2):
+                 dropout: float = 0.2, shape_input: bool = True, n_prior: int = 0, prior_dim: int = 16):
         super().__init__()
         self.encoder = encoder
         self.labels = list(labels)
         hidden = encoder.config.hidden_size
+        # Casing fed into the input embeddings, so the encoder contextualises it; zero-initialised
+        # so training starts from the pretrained model unchanged.
+        self.shape_in = nn.Embedding(N_FEATURES, hidden, padding_idx=0) if shape_input else None
+        if self.shape_in is not None:
+            nn.init.zeros_(self.shape_in.weight)
         self.shape_emb = nn.Embedding(N_FEATURES, shape_dim, padding_idx=0) if shape_dim else None
         self.dropout = nn.Dropout(dropout)
-        width = hidden + shape_dim
+        self.prior_emb = nn.Embedding(n_prior, prior_dim, padding_idx=0) if n_prior else None
+        width = hidden + shape_dim + (prior_dim if n_prior else 0)
         self.lstm = nn.LSTM(width, lstm_hidden, batch_first=True, bidirectional=True) if lstm_hidden else None
         self.emit = nn.Linear(2 * lstm_hidden if lstm_hidden else width, len(labels))
         self.crf = CRF(len(labels), batch_first=True)
@@ -37,11 +43,17 @@ class TaggerModel(nn.Module):
 
     def emissions(self, batch: EncodedBatch) -> torch.Tensor:
         """Per-word tag scores (B, W, K)."""
-        out = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        if self.shape_in is not None:
+            embeds = self.encoder.get_input_embeddings()(batch.input_ids) + self.shape_in(batch.sub_shape_ids)
+            out = self.encoder(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
+        else:
+            out = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
         idx = batch.first_index.unsqueeze(-1).expand(-1, -1, out.size(-1))
         words = torch.gather(out, 1, idx)
         if self.shape_emb is not None:
             words = torch.cat([words, self.shape_emb(batch.shape_ids)], dim=-1)
+        if self.prior_emb is not None:
+            words = torch.cat([words, self.prior_emb(batch.prior_ids)], dim=-1)
         x = self.dropout(words)
         if self.lstm is not None:
             lengths = batch.word_mask.sum(1).clamp(min=1).cpu()

@@ -17,7 +17,7 @@ from ..types import Entity, Prediction, Sample
 from .align import Aligner
 from .crf import forward_backward, marginals, span_probability
 from .encoder import load_encoder
-from .features import shape_ids
+from .features import PriorNER, shape_ids
 from .model import TaggerModel
 
 WEIGHTS = "model.pt"
@@ -39,6 +39,12 @@ class Tagged:
 
     prediction: Prediction
     scores: tuple[EntityScores, ...]
+
+
+def build_model(encoder, labels: list[str], config: TaggerConfig, prior: PriorNER | None) -> TaggerModel:
+    """The network for a config (the prior NER decides its feature vocabulary)."""
+    return TaggerModel(encoder, labels, config.shape_dim, config.lstm_hidden, config.dropout, config.shape_input,
+                       prior.n_ids if prior else 0, config.prior_dim)
 
 
 @dataclass(frozen=True)
@@ -68,13 +74,20 @@ class _Lattice:
 class Tagger:
     """An encoder + CRF tagger with its tokenizer, labels and config."""
 
-    def __init__(self, model: TaggerModel, tokenizer, config: TaggerConfig):
+    def __init__(self, model: TaggerModel, tokenizer, config: TaggerConfig, prior: PriorNER | None = None):
         self.model = model
+        self.prior = prior
         self.tokenizer = tokenizer
         self.config = config
         self.aligner = Aligner(tokenizer, config.max_subtokens)
         self.labels = model.labels
         self._o = self.labels.index("O")
+
+    def encode(self, batch_words: list[list[str]], prior_ids: list[list[int]] | None = None):
+        """Model inputs for word lists (prior NER ids are computed unless given)."""
+        if self.prior is not None and prior_ids is None:
+            prior_ids = self.prior.ids(batch_words)
+        return self.aligner.encode(batch_words, [shape_ids(w) for w in batch_words], prior_ids)
 
     # ---- prediction -----------------------------------------------------------------------
 
@@ -103,7 +116,7 @@ class Tagger:
         nonempty = [s for s in batch if s.tokens]
         if nonempty:
             words = [list(s.tokens) for s in nonempty]
-            enc = self.aligner.encode(words, [shape_ids(w) for w in words])
+            enc = self.encode(words)
             self.model.eval()
             em = self.model.emissions(enc)
             paths = self.model.crf.decode(em, mask=enc.word_mask)
@@ -167,7 +180,8 @@ class Tagger:
         config = TaggerConfig.model_validate_json((model_dir / "tagger_config.json").read_text())
         labels = json.loads((model_dir / "labels.json").read_text())
         encoder, tokenizer = load_encoder(None, config_only_from=model_dir / "encoder")
-        model = TaggerModel(encoder, labels, config.shape_dim, config.lstm_hidden, config.dropout)
+        prior = PriorNER(config.prior_ner) if config.prior_ner else None
+        model = build_model(encoder, labels, config, prior)
         model.load_state_dict(torch.load(model_dir / WEIGHTS, map_location="cpu", weights_only=True))
         model.eval()
-        return cls(model, tokenizer, config)
+        return cls(model, tokenizer, config, prior)

@@ -20,9 +20,9 @@ from ..errors import DataError
 from ..eval.metrics import score
 from ..types import Sample
 from .encoder import load_encoder
-from .features import shape_ids
+from .features import PriorNER, shape_ids
 from .model import TaggerModel
-from .tagger import Tagger
+from .tagger import Tagger, build_model
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _examples(samples: Sequence[Sample], labels: list[str]) -> list[tuple[list[s
             tags = tags_from_spans(len(s.tokens), spans)
         except ValueError as exc:
             raise DataError(f"cannot train on it: {exc}", sample=s.id) from None
-        out.append((list(s.tokens), shape_ids(s.tokens), [index[t] for t in tags]))
+        out.append((list(s.tokens), shape_ids(s.tokens), [index[t] for t in tags], None))
     return out
 
 
@@ -76,6 +76,8 @@ def seed_everything(seed: int) -> None:
 def _optimizer(model: TaggerModel, cfg: TaggerConfig) -> torch.optim.Optimizer:
     groups: dict[str, list] = {"encoder": [], "encoder_nd": [], "crf": [], "head": []}
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         if name.startswith("encoder."):
             no_decay = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
             groups["encoder_nd" if no_decay else "encoder"].append(p)
@@ -104,8 +106,13 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
     if not examples:
         raise DataError("no training sentences")
     encoder, tokenizer = load_encoder(cfg.encoder)
-    model = TaggerModel(encoder, labels, cfg.shape_dim, cfg.lstm_hidden, cfg.dropout)
-    tagger = Tagger(model, tokenizer, cfg)
+    prior = PriorNER(cfg.prior_ner) if cfg.prior_ner else None
+    model = build_model(encoder, labels, cfg, prior)
+    if cfg.freeze_embeddings:
+        encoder.get_input_embeddings().weight.requires_grad_(False)
+    tagger = Tagger(model, tokenizer, cfg, prior)
+    if prior is not None:
+        examples = [(w, s, t, p) for (w, s, t, _), p in zip(examples, prior.ids([e[0] for e in examples]))]
     opt = _optimizer(model, cfg)
     steps = cfg.epochs * ((len(examples) + cfg.batch_size - 1) // cfg.batch_size)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * steps), steps)
@@ -142,9 +149,10 @@ def _run_epoch(tagger: Tagger, examples, opt, sched, rng: random.Random, progres
     bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", disable=not progress, leave=False)
     for k in bar:
         chunk = [examples[i] for i in order[k:k + cfg.batch_size]]
-        enc = tagger.aligner.encode([c[0] for c in chunk], [c[1] for c in chunk])
+        priors = [c[3] for c in chunk] if tagger.prior is not None else None
+        enc = tagger.aligner.encode([c[0] for c in chunk], [c[1] for c in chunk], priors)
         tags = torch.zeros_like(enc.word_mask, dtype=torch.long)
-        for b, (_, _, tag_ids) in enumerate(chunk):
+        for b, (_, _, tag_ids, _) in enumerate(chunk):
             tags[b, : len(tag_ids)] = torch.tensor(tag_ids)
         tags = tags * enc.word_mask  # words past the sub-token limit carry no label
         loss = model.loss(enc, tags)

@@ -1,0 +1,68 @@
+"""The LLM synthesis task: build_request() gives messages, parse() gives typed samples. No HTTP here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from ..llm import LLMRequest, parse_answer
+from ..types import Sample
+from .typesets import TypeSet
+
+TEMPLATE = Path(__file__).parent / "prompts" / "synthesize.txt"
+TASKS = {
+    "keep": "Write {n} new, varied sentences that mention the SAME entities as the example (all or some of them), "
+            "each with the same type as in the example.",
+    "new": "Write {n} new, varied sentences about DIFFERENT entities of the same types as in the example: invent or "
+           "recall other real names of those types that fit the descriptions.",
+    "none": "Write {n} new, varied sentences like the example that contain NO named entity of any of the types.",
+}
+
+
+class SynthEntity(BaseModel):
+    text: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+
+
+class SynthSample(BaseModel):
+    text: str = Field(min_length=1)
+    entities: list[SynthEntity] = Field(default_factory=list)
+
+
+class SynthAnswer(BaseModel):
+    samples: list[SynthSample]
+
+
+SCHEMA = SynthAnswer.model_json_schema()
+
+
+@dataclass(frozen=True)
+class Template:
+    """A prompt template file: a ``version:`` header, a ``---`` line, then the text."""
+
+    name: str
+    version: str
+    text: str
+
+    @classmethod
+    def load(cls, path: Path) -> Template:
+        header, _, body = path.read_text(encoding="utf-8").partition("\n---\n")
+        version = header.split(":", 1)[1].strip()
+        return cls(path.stem, version, body)
+
+
+def build_request(seed: Sample, kind: str, n: int, typeset: TypeSet, template: Template | None = None) -> LLMRequest:
+    """The chat request asking for n sentences of one kind (keep, new or none) from a seed sample."""
+    template = template or Template.load(TEMPLATE)
+    ents = "; ".join(f"{e.text} ({e.type})" for e in seed.entities) or "none"
+    prompt = template.text.format(domain=typeset.domain, types=typeset.describe(), text=seed.text, entities=ents,
+                                  task=TASKS[kind].format(n=n))
+    return LLMRequest("synthesis", template.name, template.version, [{"role": "user", "content": prompt}], SCHEMA,
+                      f"{seed.id}:{kind}")
+
+
+def parse(text: str) -> list[SynthSample]:
+    """The samples of an answer; ParseError if it does not fit the synthesis format."""
+    return parse_answer(text, SynthAnswer).samples
