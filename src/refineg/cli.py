@@ -285,3 +285,44 @@ def synthesize(
     out.print(f"dropped: {drops}")
     if s.get("failed_requests"):
         out.print(f"[yellow]{s['failed_requests']} request(s) failed after retries or a re-ask (counted as fallbacks)[/]")
+
+
+# ---- the whole pipeline ----------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    model: Path = typer.Option(..., "--model", help="MODEL_DIR from `refineg train`."),
+    data: Path = typer.Option(..., "--data", help="Data to process (any supported input)."),
+    out_path: Path = typer.Option(..., "--out", help="Predictions (canonical JSONL), streamed; a rerun resumes."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder of the data (and of the demos)."),
+    demos: Optional[Path] = typer.Option(None, "--demos", help="Labelled pool of grounding demonstrations (e.g. train)."),
+    demo_ids: Optional[Path] = typer.Option(None, "--demo-ids", help="Keep only these demo ids."),
+    clip: Optional[str] = typer.Option(None, "--clip", help="CLIP model name or path for image similarity."),
+    types: Optional[str] = typer.Option(None, "--types", help="Type descriptions for the prompts: twitter, ccks or a TOML file."),
+    strict: bool = typer.Option(False, "--strict", help="A missing or corrupt image is an error, not a warning."),
+    config: Optional[Path] = CONFIG, llm_base_url: Optional[str] = LLM_BASE_URL, llm_model: Optional[str] = LLM_MODEL,
+    llm_gguf: Optional[Path] = LLM_GGUF, llm_mmproj: Optional[Path] = LLM_MMPROJ,
+    llm_concurrency: Optional[int] = LLM_CONCURRENCY, llm_timeout: Optional[float] = LLM_TIMEOUT,
+    llm_retries: Optional[int] = LLM_RETRIES, no_cache: bool = NO_CACHE, cache_dir: Optional[Path] = CACHE_DIR,
+    no_json_schema: bool = NO_JSON_SCHEMA,
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Tag, gate, refine (MLLM), select demos, ground (MLLM) and write predictions; resumable."""
+    from .data import read_ids
+    from .pipeline import run_pipeline
+
+    cfg = run_config(config, llm_base_url, llm_model, llm_gguf, llm_mmproj, llm_concurrency, llm_timeout,
+                     llm_retries, no_cache, cache_dir, no_json_schema)
+    if types:
+        cfg = cfg.model_copy(update={"synth": cfg.synth.model_copy(update={"typeset": types})})
+    summary = run_pipeline(model, data, out_path, cfg, images, demos, read_ids(demo_ids) if demo_ids else None, clip,
+                           strict, progress=not quiet)
+    out.print(f"{summary['processed']} samples processed ({summary['resumed_done']} already done) -> {out_path}")
+    out.print(f"entities: {summary['tagger_entities']} from the tagger, {summary['kept_entities']} kept, "
+              f"{summary['delegated_entities']} delegated; {summary['samples_sent_to_refinement']} samples refined")
+    for key, val in summary["counts"].items():
+        out.print(f"  {key}: {val}")
+    for note in summary["notes"]:
+        out.print(f"note: {note}")
+    out.print(f"summary: {out_path}.summary.json")

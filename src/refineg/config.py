@@ -121,6 +121,16 @@ class SynthConfig(BaseModel):
     seed: int = 13
 
 
+class GroundConfig(BaseModel):
+    """Stage 3: demo selection weights (text, image, entity), type bonus and K."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: tuple[float, float, float] = (0.4, 0.2, 0.6)
+    type_bonus: float = 0.8
+    k: int = Field(3, ge=0)
+
+
 class RunConfig(BaseModel):
     """Everything a run needs; each stage reads its own section."""
 
@@ -130,6 +140,7 @@ class RunConfig(BaseModel):
     tagger: TaggerConfig = Field(default_factory=TaggerConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
+    ground: GroundConfig = Field(default_factory=GroundConfig)
 
 
 def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .config import RunConfig
+from .config import RunConfig, default_cache_dir
 from .data import load_samples
 from .data.jsonl import write_jsonl
 from .errors import DataError
@@ -86,3 +87,237 @@ def predict_file(model_dir: str | Path, data: str | Path, out: str | Path, cfg: 
     result = tag_samples(model_dir, load_samples(data, ids), cfg, mc_samples, progress)
     write_jsonl(result.predictions, out)
     return result
+
+
+# ---- the full run: tag, gate, refine, select demos, ground, write (resumable) --------------------
+
+
+def done_ids(out: Path) -> set[str]:
+    """Ids already written to out; a half-written last line (a killed run) is cut off first."""
+    if not out.is_file():
+        return set()
+    raw = out.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        out.write_bytes(raw[: raw.rfind(b"\n") + 1])
+    ids = set()
+    for lineno, line in enumerate(out.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                ids.add(str(json.loads(line)["id"]))
+            except (json.JSONDecodeError, KeyError):
+                raise DataError("cannot resume: the existing output has a broken line", out, lineno) from None
+    return ids
+
+
+@dataclass
+class _Images:
+    """Finds and prepares images; missing or corrupt ones are counted (or fatal with strict)."""
+
+    folders: list[Path]
+    strict: bool
+    client: object | None
+    counts: Counter
+
+    def path(self, sample: Sample) -> Path | None:
+        if not sample.image:
+            return None
+        return next((f / sample.image for f in self.folders if (f / sample.image).is_file()), None)
+
+    def sent(self, sample: Sample):
+        """The SentImage of a sample, or None (counted) when it is missing or unreadable."""
+        path = self.path(sample)
+        try:
+            if path is None:
+                raise DataError(f"image {sample.image!r} not found in {', '.join(map(str, self.folders)) or 'no folder'}",
+                                sample=sample.id)
+            return self.client.image(path)
+        except DataError as exc:
+            if self.strict:
+                raise
+            self.counts["missing_or_corrupt_image"] += 1
+            log.warning("%s: processed from text alone: %s", sample.id, exc)
+            return None
+
+
+def run_pipeline(model_dir: str | Path, data: str | Path, out: str | Path, cfg: RunConfig, images: Path | None = None,
+                 demos: Path | None = None, demo_ids: list[str] | None = None, clip: str | None = None,
+                 strict: bool = False, progress: bool = True, chunk: int = 32) -> dict:
+    """Tag, gate, refine, ground and stream predictions to out; a rerun skips ids already written."""
+    from .data.jsonl import append_jsonl
+
+    out = Path(out)
+    timings: Counter = Counter()
+    counts: Counter = Counter()
+    t0 = time.perf_counter()
+    samples = load_samples(data)
+    finished = done_ids(out)
+    todo = [s for s in samples if s.id not in finished]
+    timings["load"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tagged = tag_samples(model_dir, todo, cfg, progress=progress).predictions if todo else []
+    timings["tag_and_gate"] += time.perf_counter() - t0
+    notes = []
+    stages = _LLMStages.open(cfg, model_dir, data, images, demos, demo_ids, clip, strict, counts, timings, notes, progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as fh:
+        for k in range(0, len(todo), chunk):
+            preds = stages.process(todo[k:k + chunk], tagged[k:k + chunk])
+            for p in preds:
+                append_jsonl(p, fh)
+    usage = stages.close()
+    summary = _summary(samples, finished, tagged, counts, timings, usage, notes, cfg)
+    Path(str(out) + ".summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _summary(samples, finished, tagged, counts, timings, usage, notes, cfg) -> dict:
+    ents = [e for p in tagged for e in p.entities]
+    return {
+        "samples": len(samples), "resumed_done": len(finished), "processed": len(tagged),
+        "tagger_entities": len(ents),
+        "kept_entities": sum(1 for e in ents if e.decision != "delegate"),
+        "delegated_entities": sum(1 for e in ents if e.decision == "delegate"),
+        "samples_sent_to_refinement": sum(1 for p in tagged if p.delegated),
+        "counts": dict(sorted(counts.items())),
+        "llm": usage,
+        "seconds": {k: round(v, 2) for k, v in timings.items()},
+        "llm_configured": cfg.llm.configured,
+        "notes": notes,
+    }
+
+
+@dataclass
+class _LLMStages:
+    """Refinement and grounding for chunks of gated predictions (a pass-through without an LLM)."""
+
+    cfg: RunConfig
+    client: object | None
+    images: _Images | None
+    selector: object | None
+    embed: object | None
+    image_embed: object | None
+    demo_images: dict
+    types: tuple[str, ...]
+    typeset: object
+    counts: Counter
+    timings: Counter
+
+    @classmethod
+    def open(cls, cfg, model_dir, data, images, demos, demo_ids, clip, strict, counts, timings, notes, progress):
+        from .synth.typesets import load_typeset
+
+        labels = json.loads((Path(model_dir) / "labels.json").read_text())
+        types = tuple(sorted({lab[2:] for lab in labels if lab != "O"}))
+        typeset = load_typeset(cfg.synth.typeset)
+        if not cfg.llm.configured:
+            notes.append("no LLM configured: refinement and grounding were skipped; the gate kept every entity "
+                         "and every entity has an empty box list")
+            return cls(cfg, None, None, None, None, None, {}, types, typeset, counts, timings)
+        from .llm import LLMClient
+
+        client = LLMClient(cfg.llm, show_progress=progress)
+        folders = [p for p in (images, Path(data).parent, Path(data).parent.parent / "images") if p is not None]
+        imgs = _Images(folders, strict, client, counts)
+        selector = embed = image_embed = None
+        demo_images: dict = {}
+        if demos is None:
+            notes.append("no --demos: grounding ran zero-shot, without demonstrations")
+        else:
+            selector, embed, image_embed, demo_images = _demo_selector(cfg, demos, demo_ids, images, clip, client, notes)
+        return cls(cfg, client, imgs, selector, embed, image_embed, demo_images, types, typeset, counts, timings)
+
+    def process(self, samples: list[Sample], preds: list[Prediction]) -> list[Prediction]:
+        """Refined and grounded predictions for one chunk."""
+        if self.client is None:
+            return preds
+        t0 = time.perf_counter()
+        sent = {s.id: self.images.sent(s) for s in samples}
+        preds = self._refine(samples, preds, sent)
+        self.timings["refine"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        preds = self._ground(samples, preds, sent)
+        self.timings["ground"] += time.perf_counter() - t0
+        return preds
+
+    def _refine(self, samples, preds, sent) -> list[Prediction]:
+        from . import refine
+
+        todo = [i for i, p in enumerate(preds) if refine.needs_refinement(p)]
+        reqs = [refine.build_request(samples[i], preds[i], self.typeset, sent[samples[i].id]) for i in todo]
+        results = self.client.run(reqs, refine.parse, desc="refinement")
+        preds = list(preds)
+        for i, res in zip(todo, results):
+            if not res.ok:
+                self.counts[f"refinement_fallback_{res.reason}"] += 1
+                continue
+            merged = refine.merge(samples[i], preds[i], res.value, self.types)
+            self.counts.update({f"refinement_{k}": v for k, v in merged.counts.items()})
+            preds[i] = merged.prediction
+        return preds
+
+    def _ground(self, samples, preds, sent) -> list[Prediction]:
+        from . import ground
+
+        todo = [i for i, p in enumerate(preds) if p.entities and sent[samples[i].id] is not None]
+        self.counts["grounding_skipped_no_image"] += sum(1 for i, p in enumerate(preds) if p.entities and sent[samples[i].id] is None)
+        reqs = [ground.build_request(samples[i], preds[i].entities, sent[samples[i].id], self._demos(samples[i], preds[i]))
+                for i in todo]
+        results = self.client.run(reqs, ground.parse, desc="grounding")
+        preds = list(preds)
+        for i, res in zip(todo, results):
+            if not res.ok:
+                self.counts[f"grounding_fallback_{res.reason}"] += 1
+                continue
+            done = ground.apply_boxes(preds[i], res.value, sent[samples[i].id])
+            self.counts.update({f"grounding_{k}": v for k, v in done.counts.items()})
+            preds[i] = done.prediction
+        return preds
+
+    def _demos(self, sample: Sample, pred: Prediction) -> list:
+        if self.selector is None:
+            return []
+        image_vec = None
+        if self.image_embed is not None:
+            from .data.images import open_image
+
+            image_vec = self.image_embed([open_image(self.images.path(sample))])[0]
+        picked = self.selector.select(sample, pred.entities, self.embed, image_vec)
+        return [(self.selector.pool[i], self.demo_images[self.selector.pool[i].id]) for i in picked]
+
+    def close(self) -> dict:
+        """Stop the client; the LLM usage summary."""
+        if self.client is None:
+            return {}
+        summary = self.client.summary()
+        self.client.close()
+        return summary
+
+
+def _demo_selector(cfg, demos, demo_ids, images, clip, client, notes):
+    """The demo pool (samples whose image is available), its selector, embedders and the pool's sent images."""
+    from .data.images import open_image
+    from .ground.select import DemoSelector, clip_embedder, sentence_embedder
+
+    pool_all = load_samples(demos, demo_ids)
+    folders = [p for p in (images, Path(demos).parent, Path(demos).parent.parent / "images") if p is not None]
+    pool, paths, sent = [], {}, {}
+    for s in pool_all:
+        path = next((f / s.image for f in folders if s.image and (f / s.image).is_file()), None)
+        if path is not None:
+            pool.append(s)
+            paths[s.id] = path
+            sent[s.id] = client.image(path)
+    notes.append(f"demo pool: {len(pool)} of {len(pool_all)} labelled samples have an image")
+    if not pool:
+        return None, None, None, {}
+    embed = sentence_embedder()
+    image_embed = image_vecs = None
+    if clip:
+        image_embed = clip_embedder(clip)
+        image_vecs = image_embed([open_image(paths[s.id]) for s in pool])
+    else:
+        notes.append("no image embedder (--clip): the image term of demo selection was dropped")
+    selector = DemoSelector.build(pool, embed, (cfg.llm.cache_dir or default_cache_dir()) / "embeddings",
+                                  image_vecs=image_vecs, weights=cfg.ground.weights, type_bonus=cfg.ground.type_bonus,
+                                  k=cfg.ground.k)
+    return selector, embed, image_embed, sent

@@ -1,0 +1,114 @@
+"""Stage 2b: the MLLM re-checks the entities the gate delegated, and may add missed ones.
+
+``build_request`` gives the messages and ``parse`` reads the answer; ``merge`` keeps every
+confident entity as it is and replaces the uncertain ones with the validated refined list.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from ..data.images import SentImage
+from ..data.tokenize import tokenize
+from ..llm import LLMRequest, image_part, parse_answer
+from ..synth.task import Template
+from ..synth.typesets import TypeSet
+from ..types import Entity, Prediction, Sample
+
+TEMPLATE = Path(__file__).parent / "prompts" / "refine.txt"
+
+
+class RefinedEntity(BaseModel):
+    text: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+
+
+class RefineAnswer(BaseModel):
+    entities: list[RefinedEntity]
+
+
+SCHEMA = RefineAnswer.model_json_schema()
+
+
+def needs_refinement(pred: Prediction) -> bool:
+    """True when the gate delegated an entity of this sample or flagged it as missing some."""
+    return pred.delegated
+
+
+def build_request(sample: Sample, pred: Prediction, typeset: TypeSet, image: SentImage | None = None,
+                  template: Template | None = None) -> LLMRequest:
+    """One chain-of-thought request for a sample's uncertain entities."""
+    template = template or Template.load(TEMPLATE)
+    lines = []
+    for e in pred.entities:
+        mark = "UNCERTAIN" if e.decision == "delegate" else "KEPT"
+        score = f", tagger confidence {e.score:.2f}" if e.score is not None else ""
+        lines.append(f"- {mark}: \"{e.text}\" ({e.type}{score})")
+    missing = ("\nThe tagger may also have MISSED an entity in this post: look for one.\n"
+               if not any(e.decision == "delegate" for e in pred.entities) else "")
+    prompt = template.text.format(domain=typeset.domain, types=typeset.describe(), text=sample.text,
+                                  entities="\n".join(lines) or "- (none)", missing=missing)
+    content: list[dict] = [{"type": "text", "text": prompt}]
+    if image is not None:
+        content.insert(0, image_part(image))
+    return LLMRequest("refinement", template.name, template.version, [{"role": "user", "content": content}], SCHEMA, sample.id)
+
+
+def parse(text: str) -> list[RefinedEntity]:
+    """The refined entities of an answer; ParseError if it does not fit the format."""
+    return parse_answer(text, RefineAnswer).entities
+
+
+def _occurrences(tokens: tuple[str, ...], name: str) -> list[tuple[int, int]]:
+    """Token spans where the entity text occurs (tokenised our way)."""
+    needle = tuple(tokenize(name))
+    n = len(needle)
+    if not n:
+        return []
+    return [(i, i + n) for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n]) == needle]
+
+
+@dataclass(frozen=True)
+class Merged:
+    """A merged prediction and counts of what happened to the refined entities."""
+
+    prediction: Prediction
+    counts: Counter
+
+
+def merge(sample: Sample, pred: Prediction, refined: list[RefinedEntity], types: tuple[str, ...]) -> Merged:
+    """Kept entities stay; uncertain ones are replaced by the refined entities that pass validation."""
+    counts: Counter = Counter()
+    kept = [e for e in pred.entities if e.decision != "delegate"]
+    delegated = {(e.start, e.end): e for e in pred.entities if e.decision == "delegate"}
+    taken = {i for e in kept for i in range(e.start, e.end)}
+    added: list[Entity] = []
+    by_lower = {t.lower(): t for t in types}
+    for r in refined:
+        etype = r.type if r.type in types else by_lower.get(r.type.lower())
+        if etype is None:
+            counts["rejected_unknown_type"] += 1
+            continue
+        spans = _occurrences(sample.tokens, " ".join(r.text.split()))
+        if not spans:
+            counts["rejected_not_in_text"] += 1
+            continue
+        free = [sp for sp in spans if not taken.intersection(range(*sp))]
+        if not free:
+            counts["rejected_overlaps"] += 1
+            continue
+        for start, end in free:
+            old = delegated.get((start, end))
+            same = old is not None and old.type == etype
+            counts["confirmed" if same else "changed_or_added"] += 1
+            added.append(Entity(" ".join(sample.tokens[start:end]), etype, start, end, score=old.score if same else None,
+                                source="tagger" if same else "mllm", decision="delegate"))
+            taken.update(range(start, end))
+    counts["dropped"] += sum(1 for (s, e), old in delegated.items()
+                             if not any(a.start == s and a.end == e for a in added))
+    ents = tuple(sorted(kept + added, key=lambda e: e.start))
+    return Merged(pred.with_(entities=ents), counts)

@@ -1,0 +1,111 @@
+"""The whole run: no LLM, a scripted MLLM over real HTTP, missing images, and resuming after a real kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from refineg.config import LLMConfig, RunConfig
+from refineg.data import save_samples
+from refineg.errors import DataError
+from refineg.pipeline import run_pipeline
+from refineg.testing.fake_openai import FakeOpenAIServer, Reply
+
+REFINEG = str(Path(sys.executable).parent / "refineg")
+
+
+def scripted(body) -> Reply:
+    """Deterministic answers: refinement confirms nothing; grounding boxes every entity at a fixed place."""
+    content = body["messages"][0]["content"]
+    text = " ".join(p.get("text", "") for p in content) if isinstance(content, list) else content
+    if "Ground exactly these entities" in text:
+        ents = json.loads(text.rsplit("Entities: ", 1)[1].split("\n", 1)[0])["entities"]
+        return Reply(json.dumps({"entities": [dict(e, boxes=[[10, 20, 110, 220]]) for e in ents]}))
+    return Reply('Let me check. {"entities": []}')
+
+
+@pytest.fixture()
+def data_dir(tiny_model, tmp_path):
+    _, _, dev = tiny_model
+    save_samples(dev, tmp_path / "dev.jsonl")
+    img = tmp_path / "images"
+    img.mkdir()
+    for s in dev[1:]:  # the first sample has no image
+        Image.new("RGB", (600, 400), (90, 90, 200)).save(img / s.image)
+    return tmp_path
+
+
+def _llm(srv, tmp_path) -> RunConfig:
+    return RunConfig(llm=LLMConfig(base_url=srv.base_url, model="m", cache_dir=tmp_path / "cache", backoff_base=0.01))
+
+
+def test_without_an_llm_the_tagger_and_gate_run_alone(tiny_model, data_dir):
+    model, _, dev = tiny_model
+    summary = run_pipeline(model, data_dir / "dev.jsonl", data_dir / "p.jsonl", RunConfig(), progress=False)
+    lines = [json.loads(l) for l in (data_dir / "p.jsonl").read_text().splitlines()]
+    assert [l["id"] for l in lines] == [s.id for s in dev]
+    assert all(e["boxes"] == [] and e["decision"] == "keep" for l in lines for e in l["entities"])
+    assert "no LLM configured" in summary["notes"][0] and summary["delegated_entities"] == 0
+    assert json.loads((data_dir / "p.jsonl.summary.json").read_text())["processed"] == len(dev)
+
+
+def test_scripted_mllm_refines_grounds_and_counts_missing_images(tiny_model, data_dir):
+    model, _, dev = tiny_model
+    with FakeOpenAIServer(default=scripted) as srv:
+        summary = run_pipeline(model, data_dir / "dev.jsonl", data_dir / "p.jsonl", _llm(srv, data_dir),
+                               images=data_dir / "images", progress=False)
+    lines = {l["id"]: l for l in map(json.loads, (data_dir / "p.jsonl").read_text().splitlines())}
+    assert len(lines) == len(dev)
+    assert summary["counts"]["missing_or_corrupt_image"] == 1
+    assert summary["delegated_entities"] > 0
+    # refinement said "no entity" for every uncertain one: only kept entities survive
+    assert all(e["decision"] == "keep" for l in lines.values() for e in l["entities"])
+    grounded = [e for l in lines.values() for e in l["entities"] if e["boxes"]]
+    assert grounded and all(e["boxes"] == [[10, 20, 110, 220]] for e in grounded)  # 600x400 is sent as is
+    assert all(e["boxes"] == [] for e in lines[dev[0].id]["entities"])  # no image: text alone
+    assert summary["llm"]["total"]["requests"] > 0
+
+
+def test_strict_makes_a_missing_image_an_error(tiny_model, data_dir):
+    model, _, _ = tiny_model
+    with FakeOpenAIServer(default=scripted) as srv:
+        with pytest.raises(DataError, match="not found"):
+            run_pipeline(model, data_dir / "dev.jsonl", data_dir / "p.jsonl", _llm(srv, data_dir),
+                         images=data_dir / "images", strict=True, progress=False)
+
+
+def _entities(path: Path) -> dict:
+    return {l["id"]: [(e["start"], e["end"], e["type"], e["boxes"]) for e in l["entities"]]
+            for l in map(json.loads, path.read_text().splitlines())}
+
+
+def test_a_run_killed_midway_resumes_to_the_same_output(tiny_model, data_dir):
+    model, _, dev = tiny_model
+    with FakeOpenAIServer(default=scripted, latency=0.15) as srv:
+        args = [REFINEG, "run", "--model", str(model), "--data", str(data_dir / "dev.jsonl"), "--images",
+                str(data_dir / "images"), "--llm-base-url", srv.base_url, "--llm-model", "m", "--llm-concurrency", "1",
+                "--quiet"]
+        env = dict(os.environ, REFINEG_CACHE_DIR=str(data_dir / "cache-a"))
+        subprocess.run(args + ["--out", str(data_dir / "full.jsonl")], env=env, check=True, capture_output=True)
+        env = dict(os.environ, REFINEG_CACHE_DIR=str(data_dir / "cache-b"))
+        out = data_dir / "killed.jsonl"
+        proc = subprocess.Popen(args + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and (not out.exists() or not out.read_text().strip()):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        partial = out.read_text().splitlines()
+        assert 0 < len(partial) < len(dev), "the kill should land mid-run"
+        res = subprocess.run(args + ["--out", str(out)], env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        assert f"({len(partial)} already done)" in res.stdout
+    ids = [json.loads(l)["id"] for l in out.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == len(dev)
+    assert _entities(out) == _entities(data_dir / "full.jsonl")
