@@ -326,3 +326,22 @@ def run(
     for note in summary["notes"]:
         out.print(f"note: {note}")
     out.print(f"summary: {out_path}.summary.json")
+
+
+@app.command()
+def report(
+    pred: Path = typer.Argument(..., help="Predictions (canonical JSONL)."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for index.html."),
+    gold: Optional[Path] = typer.Option(None, "--gold", help="Gold data: adds metrics, charts, errors and gold boxes."),
+    images: Optional[list[Path]] = typer.Option(None, "--images", help="Image folder(s)."),
+    title: str = typer.Option("", "--title", help="A line under the heading."),
+) -> None:
+    """Write a self-contained HTML report: metrics, charts, and every sample with its boxes."""
+    from .data import load_samples, read_predictions
+    from .report import build_report
+
+    preds = read_predictions(pred)
+    gold_samples = load_samples(gold) if gold else None
+    folders = list(images or []) + [pred.parent]
+    index = build_report(preds, gold_samples, out_dir, folders, title)
+    out.print(f"report: {index}")

@@ -1,0 +1,102 @@
+"""The HTML report: one self-contained static page (inline data, images and charts, no fetches)."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Sequence
+
+from ..data.images import prepare_image
+from ..errors import DataError
+from ..eval.metrics import MODES, matching, score
+from ..types import Entity, Prediction, Sample
+from .charts import reliability_svg, risk_coverage_svg
+
+TEMPLATE = Path(__file__).parent / "template.html"
+PALETTE = ["#d7263d", "#1b65b0", "#2e933c", "#f08a24", "#8e44ad", "#16a2a6", "#b5651d", "#e84393", "#7f8c8d"]
+THUMB_SIDE = 480
+
+
+def type_colors(types: Sequence[str]) -> dict[str, str]:
+    """A stable colour for each type."""
+    return {t: PALETTE[i % len(PALETTE)] for i, t in enumerate(sorted(types))}
+
+
+def _ent(e: Entity, wrong: bool) -> dict:
+    return {"start": e.start, "end": e.end, "text": e.text, "type": e.type, "score": e.score, "source": e.source,
+            "decision": e.decision, "boxes": [b.as_list() for b in e.boxes], "wrong": wrong}
+
+
+def _image(sample: Sample, folders: list[Path]) -> tuple[str | None, int, int]:
+    path = next((f / sample.image for f in folders if sample.image and (f / sample.image).is_file()), None)
+    if path is None:
+        return None, 0, 0
+    try:
+        sent = prepare_image(path, max_side=THUMB_SIDE)
+    except DataError:
+        return None, 0, 0
+    return sent.data_url, *sent.original_size
+
+
+def _sample_view(pred: Prediction, gold: Sample | None, tokens: tuple[str, ...], folders: list[Path]) -> dict:
+    gold_ents = gold.entities if gold else ()
+    hit = {p for p, _ in matching(pred.entities, gold_ents, "gmner")} if gold else set(range(len(pred.entities)))
+    found = {g for _, g in matching(pred.entities, gold_ents, "gmner")}
+    image, w, h = _image(gold or Sample(pred.id, tokens, image=pred.image), folders)
+    return {
+        "id": pred.id, "tokens": list(tokens), "image": image, "width": w, "height": h,
+        "pred": [_ent(e, i not in hit) for i, e in enumerate(pred.entities)],
+        "gold": [_ent(e, False) for e in gold_ents],
+        "missed": [{"text": e.text, "type": e.type} for i, e in enumerate(gold_ents) if i not in found],
+        "delegated": pred.delegated or any(e.decision == "delegate" or e.source == "mllm" for e in pred.entities),
+        "error": bool(gold) and (len(hit) < len(pred.entities) or len(found) < len(gold_ents)),
+    }
+
+
+def _metrics_html(gold: Sequence[Sample], preds: Sequence[Prediction]) -> str:
+    s = score(gold, preds)
+    rows = [(m.upper(), s.overall[m]) for m in MODES]
+    rows += [(f"{t} (GMNER)", by["gmner"]) for t, by in s.per_type.items()]
+    rows += [(f"{t} (MNER)", by["mner"]) for t, by in s.per_type.items()]
+    body = "".join(f"<tr><td>{html.escape(name)}</td><td>{p.precision:.4f}</td><td>{p.recall:.4f}</td><td>{p.f1:.4f}</td>"
+                   f"<td>{p.tp}</td><td>{p.n_pred}</td><td>{p.n_gold}</td></tr>" for name, p in rows)
+    return ('<table class="metrics" id="metrics"><tr><th></th><th>precision</th><th>recall</th><th>F1</th><th>tp</th>'
+            f"<th>pred</th><th>gold</th></tr>{body}</table>")
+
+
+def build_report(preds: Sequence[Prediction], gold: Sequence[Sample] | None, out_dir: str | Path,
+                 images: Sequence[Path] = (), title: str = "") -> Path:
+    """Write out_dir/index.html and return its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_id = {g.id: g for g in gold or ()}
+    views, scores, correct = [], [], []
+    for p in preds:
+        g = by_id.get(p.id)
+        tokens = g.tokens if g else (p.tokens or tuple(e.text for e in p.entities))
+        view = _sample_view(p, g, tokens, list(images))
+        views.append(view)
+        if g is not None:
+            ok = {i for i, _ in matching(p.entities, g.entities, "mner")}
+            for i, e in enumerate(p.entities):
+                scores.append(e.score if e.score is not None else 1.0)
+                correct.append(i in ok)
+    types = sorted({e["type"] for v in views for e in v["pred"] + v["gold"]})
+    colors = type_colors(types)
+    ents = [e for p in preds for e in p.entities]
+    kept = sum(1 for e in ents if e.decision != "delegate") / len(ents) if ents else None
+    charts = (reliability_svg(scores, correct) + risk_coverage_svg(scores, correct, kept)) if gold else \
+        '<p class="note">No gold data given: no metrics or charts.</p>'
+    page = TEMPLATE.read_text(encoding="utf-8")
+    data = json.dumps({"samples": views, "colors": colors}, ensure_ascii=False).replace("</", "<\\/")
+    legend = " ".join(f'<span><b style="color:{c}">&#9632;</b> {html.escape(t)}</span>' for t, c in colors.items())
+    page = (page.replace("__SUBTITLE__", html.escape(title or f"{len(preds)} samples"))
+                .replace("__METRICS__", _metrics_html(gold, preds) if gold else "")
+                .replace("__CHARTS__", charts)
+                .replace("__LEGEND__", legend)
+                .replace("__TYPE_OPTIONS__", "".join(f'<option value="{html.escape(t)}">{html.escape(t)}</option>' for t in types))
+                .replace("__DATA__", data))
+    index = out_dir / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
