@@ -245,15 +245,8 @@ class _LLMStages:
         todo = [i for i, p in enumerate(preds) if refine.needs_refinement(p)]
         reqs = [refine.build_request(samples[i], preds[i], self.typeset, sent[samples[i].id]) for i in todo]
         results = self.client.run(reqs, refine.parse, desc="refinement")
-        preds = list(preds)
-        for i, res in zip(todo, results):
-            if not res.ok:
-                self.counts[f"refinement_fallback_{res.reason}"] += 1
-                continue
-            merged = refine.merge(samples[i], preds[i], res.value, self.types)
-            self.counts.update({f"refinement_{k}": v for k, v in merged.counts.items()})
-            preds[i] = merged.prediction
-        return preds
+        return self._apply("refinement", preds, todo, results,
+                           lambda i, value: refine.merge(samples[i], preds[i], value, self.types))
 
     def _ground(self, samples, preds, sent) -> list[Prediction]:
         from . import ground
@@ -263,13 +256,18 @@ class _LLMStages:
         reqs = [ground.build_request(samples[i], preds[i].entities, sent[samples[i].id], self._demos(samples[i], preds[i]))
                 for i in todo]
         results = self.client.run(reqs, ground.parse, desc="grounding")
+        return self._apply("grounding", preds, todo, results,
+                           lambda i, value: ground.apply_boxes(preds[i], value, sent[samples[i].id]))
+
+    def _apply(self, stage: str, preds: list[Prediction], todo: list[int], results: list, update) -> list[Prediction]:
+        """Predictions with each parsed result applied; a failed result is a counted fallback that keeps the input."""
         preds = list(preds)
         for i, res in zip(todo, results):
             if not res.ok:
-                self.counts[f"grounding_fallback_{res.reason}"] += 1
+                self.counts[f"{stage}_fallback_{res.reason}"] += 1
                 continue
-            done = ground.apply_boxes(preds[i], res.value, sent[samples[i].id])
-            self.counts.update({f"grounding_{k}": v for k, v in done.counts.items()})
+            done = update(i, res.value)
+            self.counts.update({f"{stage}_{k}": v for k, v in done.counts.items()})
             preds[i] = done.prediction
         return preds
 

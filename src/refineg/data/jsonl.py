@@ -92,18 +92,24 @@ def _tokens(obj: dict, path: Path, lineno: int, sid: str) -> tuple[str, ...] | N
     return tuple(toks)
 
 
-def read_jsonl(path: str | Path) -> list[Sample]:
-    """Samples of a canonical JSONL file; tokens come from ``tokens`` or by tokenising ``text``."""
-    from .tokenize import tokenize
-
-    path = Path(path)
-    out, seen = [], set()
+def _records(path: Path) -> Iterator[tuple[int, dict, str, tuple[str, ...] | None]]:
+    """(line number, object, sample id, tokens) per line; DataError on a repeated id."""
+    seen: set[str] = set()
     for lineno, obj in iter_json_lines(path):
         sid = str(obj["id"])
         if sid in seen:
             raise DataError(f"duplicate id {sid}", path, lineno, sid)
         seen.add(sid)
-        tokens = _tokens(obj, path, lineno, sid)
+        yield lineno, obj, sid, _tokens(obj, path, lineno, sid)
+
+
+def read_jsonl(path: str | Path) -> list[Sample]:
+    """Samples of a canonical JSONL file; tokens come from ``tokens`` or by tokenising ``text``."""
+    from .tokenize import tokenize
+
+    path = Path(path)
+    out = []
+    for lineno, obj, sid, tokens in _records(path):
         if tokens is None:
             if not isinstance(obj.get("text"), str):
                 raise DataError("a sample needs tokens or text", path, lineno, sid)
@@ -120,13 +126,8 @@ def read_jsonl(path: str | Path) -> list[Sample]:
 def read_predictions(path: str | Path) -> list[Prediction]:
     """Predictions of a canonical JSONL file (tokens and offsets optional)."""
     path = Path(path)
-    out, seen = [], set()
-    for lineno, obj in iter_json_lines(path):
-        sid = str(obj["id"])
-        if sid in seen:
-            raise DataError(f"duplicate id {sid}", path, lineno, sid)
-        seen.add(sid)
-        tokens = _tokens(obj, path, lineno, sid)
+    out = []
+    for lineno, obj, sid, tokens in _records(path):
         ents = tuple(_entity(e, tokens, path, lineno, sid, "tagger") for e in obj.get("entities") or [])
         out.append(Prediction(
             id=sid, entities=ents, tokens=tokens, image=obj.get("image"),
