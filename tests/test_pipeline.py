@@ -109,3 +109,20 @@ def test_a_run_killed_midway_resumes_to_the_same_output(tiny_model, data_dir):
     ids = [json.loads(l)["id"] for l in out.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == len(dev)
     assert _entities(out) == _entities(data_dir / "full.jsonl")
+
+
+def test_grounding_requests_carry_k_demos_from_the_pool_never_the_sample_itself(tiny_model, data_dir):
+    model, _, dev = tiny_model
+    with FakeOpenAIServer(default=scripted) as srv:
+        summary = run_pipeline(model, data_dir / "dev.jsonl", data_dir / "p.jsonl", _llm(srv, data_dir),
+                               images=data_dir / "images", demos=data_dir / "dev.jsonl", progress=False)
+        grounding = [r for r in srv.requests if "Ground exactly" in json.dumps(r)]
+    assert grounding
+    assert any(f"demo pool: {len(dev) - 1} of {len(dev)}" in n for n in summary["notes"])
+    for req in grounding:
+        parts = req["messages"][0]["content"]
+        assert sum(1 for p in parts if p["type"] == "image_url") == 4
+        query_post = [p["text"] for p in parts if p["type"] == "text" and "Entities:" in p.get("text", "")][0]
+        demo_posts = [p["text"] for p in parts if p["type"] == "text" and p["text"].startswith("Post:") and "Answer:" in p["text"]]
+        assert len(demo_posts) == 3
+        assert query_post.split("\n")[0] not in [d.split("\n")[0] for d in demo_posts]

@@ -86,8 +86,10 @@ def run_demo(out: Path, cfg: RunConfig, progress: bool = True) -> dict:
     write_jsonl(data.run, run_file)
     if trained:
         pred_file.unlink(missing_ok=True)  # predictions of an older model must not be resumed
+    pool_file = out / "demo-pool.jsonl"
+    write_jsonl(data.train, pool_file)
     summary = run_pipeline(model_dir, run_file, pred_file, cfg, images=data.images,
-                           demos=None, progress=progress)
+                           demos=pool_file if cfg.llm.configured else None, progress=progress)
     from .data import read_predictions
 
     preds = read_predictions(pred_file)

@@ -291,6 +291,20 @@ class _LLMStages:
         return summary
 
 
+class _LazyImages(dict):
+    """Demo images prepared on first use (a pool of thousands is never held in memory at once)."""
+
+    def __init__(self, paths: dict, client, keep: int = 256):
+        super().__init__()
+        self.paths, self.client, self.keep = paths, client, keep
+
+    def __missing__(self, sid: str):
+        if len(self) >= self.keep:
+            self.pop(next(iter(self)))
+        self[sid] = self.client.image(self.paths[sid])
+        return self[sid]
+
+
 def _demo_selector(cfg, demos, demo_ids, images, clip, client, notes):
     """The demo pool (samples whose image is available), its selector, embedders and the pool's sent images."""
     from .data.images import open_image
@@ -298,16 +312,16 @@ def _demo_selector(cfg, demos, demo_ids, images, clip, client, notes):
 
     pool_all = load_samples(demos, demo_ids)
     folders = [p for p in (images, Path(demos).parent, Path(demos).parent.parent / "images") if p is not None]
-    pool, paths, sent = [], {}, {}
+    pool, paths = [], {}
     for s in pool_all:
         path = next((f / s.image for f in folders if s.image and (f / s.image).is_file()), None)
         if path is not None:
             pool.append(s)
             paths[s.id] = path
-            sent[s.id] = client.image(path)
     notes.append(f"demo pool: {len(pool)} of {len(pool_all)} labelled samples have an image")
+    sent = _LazyImages(paths, client)
     if not pool:
-        return None, None, None, {}
+        return None, None, None, sent
     embed = sentence_embedder()
     image_embed = image_vecs = None
     if clip:

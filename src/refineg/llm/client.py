@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import openai
@@ -119,7 +119,7 @@ class LLMClient:
     def image(self, image) -> SentImage:
         """An image (path or PIL image) resized as configured, remembered by content hash for mapping boxes back."""
         sent = prepare_image(image, self.config.image_max_side, self.config.image_multiple_of)
-        self.images[sent.sha256] = sent
+        self.images[sent.sha256] = replace(sent, data_url="")  # the sizes, not the pixels, for mapping back
         return sent
 
     def summary(self) -> dict:
