@@ -20,9 +20,9 @@ import torch
 from refineg.config import RunConfig, TaggerConfig
 from refineg.data import load_samples, read_ids
 from refineg.eval.metrics import matching, score
-from refineg.gate import auroc
+from refineg.gate import auroc, cross_validated_scores, entity_features
 from refineg.pipeline import train_model
-from refineg.tagger.features import shape_ids
+from refineg.tagger.tagger import Tagger
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "twitter-gmner"
 SCORES = ("span_marginal", "mean_max_prob", "min_tag_marginal", "mc_dropout")
@@ -46,7 +46,7 @@ def timed_decoding(tagger, samples) -> tuple[float, float]:
         tagger.model.eval()
         for k in range(0, len(order), bs):
             words = [list(s.tokens) for s in order[k:k + bs] if s.tokens]
-            enc = tagger.aligner.encode(words, [shape_ids(w) for w in words])
+            enc = tagger.encode(words)
             tagger.model.crf.decode(tagger.model.emissions(enc), mask=enc.word_mask)
     plain = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -73,6 +73,9 @@ def evaluate(tagger, dev, mc: int) -> dict:
         if np.isnan(v).all():
             continue
         out["uncertainty"][k] = {"auroc": auroc(v, correct), "caught_at_25": caught_at(v, correct)}
+    types = sorted({e.type for g in dev for e in g.entities})
+    combined = cross_validated_scores(entity_features(tagged, types), correct)
+    out["uncertainty"]["combined (5-fold CV)"] = {"auroc": auroc(combined, correct), "caught_at_25": caught_at(combined, correct)}
     return out
 
 
@@ -84,6 +87,8 @@ def main() -> None:
     ap.add_argument("--mc", type=int, default=10, help="MC-dropout passes (0: skip)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--set", action="append", default=[], help="tagger config override, e.g. lstm_hidden=0")
+    ap.add_argument("--models", type=Path, default=Path("runs/bench"), help="trained models are saved (and reused) here")
+    ap.add_argument("--retrain", action="store_true", help="train even when a saved model exists")
     args = ap.parse_args()
     train_all = load_samples(DATA / "Twitter10000_v2.0" / "txt" / "train.txt")
     dev = load_samples(DATA / "Twitter10000_v2.0" / "txt" / "dev.txt")
@@ -94,12 +99,16 @@ def main() -> None:
         train = [s for s in train_all if s.id in set(ids)] if ids else train_all
         epochs = args.full_epochs if name == "full" else args.epochs
         tcfg = TaggerConfig(**({"epochs": epochs} if epochs else {}), **overrides)
-        result = train_model(train, dev, RunConfig(tagger=tcfg), progress=False)
-        plain, scored = timed_decoding(result.tagger, dev)
-        figures = evaluate(result.tagger, dev, args.mc)
-        figures.update(train_seconds=result.meta["train"]["seconds"], best_epoch=result.meta["train"]["best_epoch"],
-                       epochs_run=result.meta["train"]["epochs_run"], tag_per_s=len(dev) / scored,
-                       plain_decode_per_s=len(dev) / plain, score_cost=scored / plain)
+        model_dir = args.models / name
+        if args.retrain or not (model_dir / "meta.json").is_file():
+            train_model(train, dev, RunConfig(tagger=tcfg), model_dir, progress=False)
+        tagger = Tagger.load(model_dir)
+        meta = json.loads((model_dir / "meta.json").read_text())["train"]
+        plain, scored = timed_decoding(tagger, dev)
+        figures = evaluate(tagger, dev, args.mc)
+        figures.update(train_seconds=meta["seconds"], best_epoch=meta["best_epoch"], epochs_run=meta["epochs_run"],
+                       tag_per_s=len(dev) / scored, plain_decode_per_s=len(dev) / plain, score_cost=scored / plain,
+                       model_dir=str(model_dir))
         results[name] = figures
         _print(name, figures)
     if args.json:
@@ -112,9 +121,9 @@ def _print(name: str, f: dict) -> None:
           f"(best epoch {f['best_epoch']}/{f['epochs_run']}, trained in {f['train_seconds']:.0f} s)")
     print(f"   tagging {f['tag_per_s']:.0f} sent/s with scores, {f['plain_decode_per_s']:.0f} sent/s plain Viterbi "
           f"-> single-pass scores cost {f['score_cost']:.2f}x")
-    print(f"   {'score':<18} {'AUROC':>7} {'errors caught @25%':>19}")
+    print(f"   {'score':<22} {'AUROC':>7} {'errors caught @25%':>19}")
     for k, u in f["uncertainty"].items():
-        print(f"   {k:<18} {u['auroc']:>7.4f} {u['caught_at_25']:>19.1%}")
+        print(f"   {k:<22} {u['auroc']:>7.4f} {u['caught_at_25']:>19.1%}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ class EntityScores:
     mean_max_prob: float
     min_tag_marginal: float
     mc_dropout: float | None = None
+    prior_agrees: bool | None = None  # the cased prior NER tagged exactly this span (any type)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,15 @@ class Tagged:
 
     prediction: Prediction
     scores: tuple[EntityScores, ...]
+
+
+def prior_agrees(prior: np.ndarray, start: int, end: int, n: int) -> bool:
+    """True when the prior NER ids mark exactly [start, end) as one entity (ids: 1 outside, even B, odd I)."""
+    ids = prior[:n]
+    begins = ids[start] >= 2 and ids[start] % 2 == 0
+    inside = all(i >= 3 and i % 2 == 1 for i in ids[start + 1:end])
+    closed = end >= n or not (ids[end] >= 3 and ids[end] % 2 == 1)
+    return bool(begins and inside and closed)
 
 
 def build_model(encoder, labels: list[str], config: TaggerConfig, prior: PriorNER | None) -> TaggerModel:
@@ -122,8 +132,9 @@ class Tagger:
             paths = self.model.crf.decode(em, mask=enc.word_mask)
             single = _Lattice.of(self.model.crf, em, enc.word_mask)
             mc = [_Lattice.of(self.model.crf, e, enc.word_mask) for e in self._mc_emissions(enc, mc_samples)]
+            priors = enc.prior_ids.numpy() if self.prior is not None else None
             for b, sample in enumerate(nonempty):
-                results[sample.id] = self._tagged(sample, b, paths[b], single, mc)
+                results[sample.id] = self._tagged(sample, b, paths[b], single, mc, None if priors is None else priors[b])
         return [results[s.id] for s in batch]
 
     def _mc_emissions(self, enc, n: int) -> list[torch.Tensor]:
@@ -136,7 +147,8 @@ class Tagger:
         finally:
             self.model.eval()
 
-    def _tagged(self, sample: Sample, b: int, path: list[int], lat: _Lattice, mc: list[_Lattice]) -> Tagged:
+    def _tagged(self, sample: Sample, b: int, path: list[int], lat: _Lattice, mc: list[_Lattice],
+                prior: np.ndarray | None) -> Tagged:
         n = len(path)  # words past the sub-token limit are left untagged
         tags = [self.labels[t] for t in path] + ["O"] * (len(sample.tokens) - n)
         entities, scores = [], []
@@ -148,7 +160,8 @@ class Tagger:
             m = marg[start:end]
             mc_score = sum(x.span(b, n, start, end, bi, ii) for x in mc) / len(mc) if mc else None
             decoded = m[np.arange(end - start), path[start:end]]
-            scores.append(EntityScores(p, float(m.max(-1).mean()), float(decoded.min()), mc_score))
+            scores.append(EntityScores(p, float(m.max(-1).mean()), float(decoded.min()), mc_score,
+                                       None if prior is None else prior_agrees(prior, start, end, n)))
             entities.append(Entity(" ".join(sample.tokens[start:end]), etype, start, end, score=p, source="tagger"))
             inside[start:end] = True
         outside = marg[~inside, self._o]
