@@ -47,3 +47,32 @@ def test_f1_mode_picks_a_threshold_that_drops_low_scored_wrong_entities():
     cal = calibrate(preds, gold, GateConfig(mode="f1"))
     assert cal.threshold == pytest.approx(0.5)
     assert apply_gate(preds, cal, True)[7].entities[0].decision == "delegate"
+
+
+def test_logistic_score_model_learns_a_separating_signal():
+    import numpy as np
+
+    from refineg.gate import cross_validated_scores, fit_logistic, predict_logistic
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    y = (x[:, 0] - 0.5 * x[:, 1] + 0.3 * rng.normal(size=400)) > 0
+    w, b = fit_logistic(x, y.astype(float))
+    assert w[0] > 0 > w[1] and abs(w[2]) < 0.3
+    assert auroc(predict_logistic(x, w, b), y) > 0.95
+    assert auroc(cross_validated_scores(x, y), y) > 0.9
+
+
+def test_combined_scores_are_written_by_predict(tiny_model):
+    from refineg.config import RunConfig
+    from refineg.pipeline import tag_samples
+
+    out, result, dev = tiny_model
+    gate = GateCalibration.load(out)
+    assert gate.score_model is not None and len(gate.score_model["weights"]) == len(gate.score_model["features"])
+    res = tag_samples(out, dev, RunConfig(), mc_samples=2, progress=False)
+    ents = [e for p in res.predictions for e in p.entities]
+    raw = [e for p in result.tagger.predict(dev) for e in p.entities]
+    assert [(e.start, e.end, e.type) for e in ents] == [(e.start, e.end, e.type) for e in raw]
+    assert all(0.0 <= e.score <= 1.0 for e in ents) and [e.score for e in ents] != [e.score for e in raw]
+    assert all(len(p.meta["mc_dropout_scores"]) == len(p.entities) for p in res.predictions)

@@ -102,6 +102,8 @@ class GateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    score: Literal["span_marginal", "combined"] = Field(
+        "combined", description="entity score: the CRF span marginal, or a logistic combination fitted on dev")
     mode: Literal["budget", "f1"] = "budget"
     budget: float = Field(0.25, ge=0, le=1, description="share of predicted entities to delegate (mode budget)")
     missing_rate: float = Field(0.10, ge=0, le=1, description="share of samples flagged as maybe missing an entity")

@@ -37,6 +37,13 @@ class GateCalibration:
     sample_flag_rate: float
     n_entities: int
     n_errors: int
+    score_model: dict | None = None  # a fitted ScoreModel, when the gate's score is "combined"
+
+    def rescore(self, tagged: Sequence) -> list[Prediction]:
+        """The tagged predictions with each entity's score from the score model (unchanged without one)."""
+        if self.score_model is None:
+            return [t.prediction for t in tagged]
+        return ScoreModel.from_dict(self.score_model).rescore(tagged)
 
     def save(self, model_dir: str | Path) -> None:
         """Write gate.json into the model folder."""
@@ -211,3 +218,35 @@ def cross_validated_scores(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: i
         w, b = fit_logistic(x[train], y[train].astype(float))
         out[test] = predict_logistic(x[test], w, b)
     return out
+
+
+@dataclass(frozen=True)
+class ScoreModel:
+    """A logistic regression that turns the tagger's signals into one entity score in [0, 1]."""
+
+    types: tuple[str, ...]
+    weights: tuple[float, ...]
+    bias: float
+
+    @classmethod
+    def fit(cls, tagged: Sequence, gold: Sequence[Sample]) -> ScoreModel:
+        """Fitted on tagged dev predictions: is each entity correct under MNER?"""
+        types = tuple(sorted({e.type for g in gold for e in g.entities} | {e.type for t in tagged for e in t.prediction.entities}))
+        _, correct = entity_correctness([t.prediction for t in tagged], gold)
+        w, b = fit_logistic(entity_features(tagged, types), np.asarray(correct, dtype=float))
+        return cls(types, tuple(float(v) for v in w), b)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ScoreModel:
+        return cls(tuple(d["types"]), tuple(d["weights"]), float(d["bias"]))
+
+    def as_dict(self) -> dict:
+        return {"features": list(FEATURE_NAMES) + [f"type={t}" for t in self.types], "types": list(self.types),
+                "weights": list(self.weights), "bias": self.bias}
+
+    def rescore(self, tagged: Sequence) -> list[Prediction]:
+        """Predictions whose entity scores come from this model."""
+        x = entity_features(tagged, self.types)
+        probs = iter(predict_logistic(x, np.asarray(self.weights), self.bias) if len(x) else [])
+        return [t.prediction.with_(entities=tuple(e.with_(score=float(next(probs))) for e in t.prediction.entities))
+                for t in tagged]

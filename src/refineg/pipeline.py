@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +15,7 @@ from .data import load_samples
 from .data.jsonl import write_jsonl
 from .errors import DataError
 from .eval.metrics import score
-from .gate import GateCalibration, apply_gate, calibrate, gate_figures
+from .gate import GateCalibration, ScoreModel, apply_gate, calibrate, gate_figures
 from .tagger.tagger import Tagger
 from .tagger.train import train_tagger
 from .types import Prediction, Sample
@@ -39,9 +39,11 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
         raise DataError("a dev set is needed to pick the epoch and calibrate the gate")
     tagger, report = train_tagger(train, dev, cfg.tagger, progress=progress)
     t0 = time.perf_counter()
-    dev_preds = tagger.predict(dev)
+    tagged = tagger.predict_detailed(dev)
     tag_seconds = time.perf_counter() - t0
-    gate = calibrate(dev_preds, dev, cfg.gate)
+    score_model = ScoreModel.fit(tagged, dev) if cfg.gate.score == "combined" else None
+    dev_preds = score_model.rescore(tagged) if score_model else [t.prediction for t in tagged]
+    gate = replace(calibrate(dev_preds, dev, cfg.gate), score_model=score_model.as_dict() if score_model else None)
     meta = {
         "train": report.as_dict(),
         "dev": {"mner": score(dev, dev_preds).overall["mner"].as_dict(), "tag_sentences_per_s": round(len(dev) / tag_seconds, 1)},
@@ -72,8 +74,12 @@ def tag_samples(model_dir: str | Path, samples: Sequence[Sample], cfg: RunConfig
     tagger = Tagger.load(model_dir)
     gate = GateCalibration.load(model_dir)
     t0 = time.perf_counter()
-    preds = tagger.predict(samples, mc_samples=mc_samples, progress=progress)
+    tagged = tagger.predict_detailed(samples, mc_samples=mc_samples, progress=progress)
     speed = len(samples) / max(1e-9, time.perf_counter() - t0)
+    preds = gate.rescore(tagged)
+    if mc_samples:  # the slower MC-dropout estimate, for comparison, entity by entity
+        preds = [p.with_(meta={**p.meta, "mc_dropout_scores": [round(s.mc_dropout, 6) for s in t.scores]})
+                 for p, t in zip(preds, tagged)]
     preds = apply_gate(preds, gate, cfg.llm.configured)
     has_gold = any(s.entities for s in samples)
     mner = score(samples, preds).overall["mner"].as_dict() if has_gold else None
