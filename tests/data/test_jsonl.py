@@ -66,3 +66,11 @@ def test_prediction_round_trip(tmp_path):
     p = Prediction("a", (Entity("x", "ORG", 0, 1, score=0.5, source="mllm"),), missing_score=0.25, delegated=True)
     write_jsonl([p], tmp_path / "p.jsonl")
     assert read_predictions(tmp_path / "p.jsonl") == [p]
+
+
+def test_predictions_from_other_systems_may_name_their_own_source(tmp_path):
+    f = _write(tmp_path, json.dumps({"id": "a", "entities": [{"text": "x", "type": "PER", "source": "h-index"}]}))
+    assert read_predictions(f)[0].entities[0].source == "h-index"
+    g = _write(tmp_path, json.dumps({"id": "a", "tokens": ["x"], "entities": [{"start": 0, "end": 1, "type": "PER", "source": "h-index"}]}))
+    with pytest.raises(DataError, match="unknown source"):
+        load_samples(g)

@@ -74,8 +74,8 @@ def _entity(raw: Any, tokens: tuple[str, ...] | None, path: Path, lineno: int, s
     if score is not None and not (isinstance(score, (int, float)) and 0.0 <= score <= 1.0):
         raise DataError(f"score must be a number in [0, 1], got {score!r}", path, lineno, sid)
     source = raw.get("source", default_source)
-    if source not in _SOURCES:
-        raise DataError(f"unknown source {source!r}", path, lineno, sid)
+    if source not in _SOURCES and default_source == "gold":
+        raise DataError(f"unknown source {source!r} (one of {', '.join(sorted(_SOURCES))})", path, lineno, sid)
     boxes = tuple(_box(b, path, lineno, sid) for b in raw.get("boxes") or [])
     return Entity(
         text=text, type=str(raw["type"]), start=start, end=end, boxes=boxes,
