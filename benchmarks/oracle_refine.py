@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from refineg.config import GateConfig, LLMConfig, RunConfig
+from refineg.config import GateConfig, RunConfig
 from refineg.data import load_samples, read_ids
 from refineg.eval.metrics import score
 from refineg.gate import GateCalibration, apply_gate, calibrate
@@ -42,12 +42,12 @@ def main() -> None:
     ap.add_argument("--missing-rate", type=float, default=0.10)
     args = ap.parse_args()
     dev = load_samples(DATA / "Twitter10000_v2.0" / "txt" / "dev.txt")
-    if args.model:
-        tagger = Tagger.load(args.model)
-    else:
+    model = args.model
+    if model is None:
+        model = Path("runs/oracle-t500")
         train = load_samples(DATA / "Twitter10000_v2.0" / "txt" / "train.txt", read_ids(DATA / "splits" / "train-500.ids"))
-        tagger = train_model(train, dev, RunConfig(), progress=False).tagger
-    preds = tagger.predict(dev)
+        train_model(train, dev, RunConfig(), model, progress=False)
+    preds = GateCalibration.load(model).rescore(Tagger.load(model).predict_detailed(dev))
     gate = calibrate(preds, dev, GateConfig(budget=args.budget, missing_rate=args.missing_rate))
     gated = apply_gate(preds, gate, llm_configured=True)
     by_id = {g.id: g for g in dev}
