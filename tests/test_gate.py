@@ -76,3 +76,20 @@ def test_combined_scores_are_written_by_predict(tiny_model):
     assert [(e.start, e.end, e.type) for e in ents] == [(e.start, e.end, e.type) for e in raw]
     assert all(0.0 <= e.score <= 1.0 for e in ents) and [e.score for e in ents] != [e.score for e in raw]
     assert all(len(p.meta["mc_dropout_scores"]) == len(p.entities) for p in res.predictions)
+
+
+def test_score_model_falls_back_when_dev_has_no_errors_to_learn_from():
+    # a bug found by `make demo` on the example set: every dev entity was right, Newton's system was singular
+    import numpy as np
+
+    from refineg.gate import ScoreModel, fit_logistic
+    from refineg.tagger.tagger import EntityScores, Tagged
+
+    gold = [Sample(f"s{i}", ("a", "b"), (Entity("a", "PER", 0, 1),)) for i in range(20)]
+    tagged = [Tagged(Prediction(g.id, (Entity("a", "PER", 0, 1, score=0.9, source="tagger"),)),
+                     (EntityScores(0.9, 0.95, 0.9, None, True),)) for g in gold]
+    assert ScoreModel.fit(tagged, gold) is None
+    w, b = fit_logistic(np.ones((20, 3)), np.ones(20))
+    assert np.all(np.isfinite(w)) and np.isfinite(b)
+    w, b = fit_logistic(np.zeros((0, 3)), np.zeros(0))
+    assert np.all(w == 0)

@@ -191,7 +191,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50)
     xb = np.hstack([x, np.ones((len(x), 1))])
     w = np.zeros(xb.shape[1])
     reg = l2 * np.eye(xb.shape[1])
-    reg[-1, -1] = 0.0  # the bias is not shrunk
+    reg[-1, -1] = 1e-6  # the bias is barely shrunk, but enough to keep the system solvable when one class is missing
     for _ in range(iters):
         p = 1 / (1 + np.exp(-xb @ w))
         grad = xb.T @ (p - y) + reg @ w
@@ -229,11 +229,15 @@ class ScoreModel:
     bias: float
 
     @classmethod
-    def fit(cls, tagged: Sequence, gold: Sequence[Sample]) -> ScoreModel:
-        """Fitted on tagged dev predictions: is each entity correct under MNER?"""
+    def fit(cls, tagged: Sequence, gold: Sequence[Sample], min_per_class: int = 5) -> ScoreModel | None:
+        """Fitted on tagged dev predictions (is each entity correct under MNER?); None when dev has
+        too few right or wrong entities to learn from, and the span marginal stays the score."""
         types = tuple(sorted({e.type for g in gold for e in g.entities} | {e.type for t in tagged for e in t.prediction.entities}))
         _, correct = entity_correctness([t.prediction for t in tagged], gold)
-        w, b = fit_logistic(entity_features(tagged, types), np.asarray(correct, dtype=float))
+        y = np.asarray(correct, dtype=float)
+        if min(y.sum(), len(y) - y.sum()) < min_per_class:
+            return None
+        w, b = fit_logistic(entity_features(tagged, types), y)
         return cls(types, tuple(float(v) for v in w), b)
 
     @classmethod

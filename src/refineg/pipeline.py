@@ -41,7 +41,7 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
     t0 = time.perf_counter()
     tagged = tagger.predict_detailed(dev)
     tag_seconds = time.perf_counter() - t0
-    score_model = ScoreModel.fit(tagged, dev) if cfg.gate.score == "combined" else None
+    score_model = ScoreModel.fit(tagged, dev) if cfg.gate.score == "combined" else None  # None: too few errors
     dev_preds = score_model.rescore(tagged) if score_model else [t.prediction for t in tagged]
     gate = replace(calibrate(dev_preds, dev, cfg.gate), score_model=score_model.as_dict() if score_model else None)
     meta = {
