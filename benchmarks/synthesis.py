@@ -31,12 +31,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-sample", type=int, default=3)
     ap.add_argument("--seeds", type=int, nargs="+", default=[13])
+    ap.add_argument("--skip-baseline", action="store_true", help="do not retrain train-500 alone")
     args = ap.parse_args()
     txt = DATA / "Twitter10000_v2.0" / "txt"
     seeds = load_samples(txt / "train.txt", read_ids(DATA / "splits" / "train-500.ids"))
     dev = load_samples(txt / "dev.txt")
     cfg = load_config(None)
-    settings = {"train-500": seeds}
+    settings = {} if args.skip_baseline else {"train-500": seeds}
     mr = synthesize(seeds, RunConfig(synth=SynthConfig(per_sample=args.per_sample)), "mention-replacement", exclude=dev)
     settings[f"train-500 + mention replacement x{args.per_sample} ({mr.summary['kept']} sentences)"] = seeds + mr.samples
     if cfg.llm.configured:

@@ -370,7 +370,9 @@ def demo(
     for m in ("mner", "gmner", "eeg"):
         out.print(f"  {m.upper():<6} P {f[m]['precision']:.4f}  R {f[m]['recall']:.4f}  F1 {f[m]['f1']:.4f}")
     g = f["gate"]
-    out.print(f"  gate: AUROC {g['auroc_on_run_set']:.4f} on these samples; calibrated to delegate "
+    auroc = g["auroc_on_run_set"]
+    auroc_text = f"{auroc:.4f}" if auroc == auroc else "n/a (no wrong entity to rank)"
+    out.print(f"  gate: AUROC {auroc_text} on these samples; calibrated to delegate "
               f"{g['calibrated_delegation_rate']:.0%} of entities")
     for note in f["pipeline"]["notes"]:
         out.print(f"  note: {note}")
