@@ -23,7 +23,7 @@ def type_colors(types: Sequence[str]) -> dict[str, str]:
     return {t: PALETTE[i % len(PALETTE)] for i, t in enumerate(sorted(types))}
 
 
-def _ent(e: Entity, wrong: bool) -> dict:
+def _ent(e: Entity, wrong: str) -> dict:
     return {"start": e.start, "end": e.end, "text": e.text, "type": e.type, "score": e.score, "source": e.source,
             "decision": e.decision, "boxes": [b.as_list() for b in e.boxes], "wrong": wrong}
 
@@ -42,12 +42,13 @@ def _image(sample: Sample, folders: list[Path]) -> tuple[str | None, int, int]:
 def _sample_view(pred: Prediction, gold: Sample | None, tokens: tuple[str, ...], folders: list[Path]) -> dict:
     gold_ents = gold.entities if gold else ()
     hit = {p for p, _ in matching(pred.entities, gold_ents, "gmner")} if gold else set(range(len(pred.entities)))
+    text_hit = {p for p, _ in matching(pred.entities, gold_ents, "mner")} if gold else hit
     found = {g for _, g in matching(pred.entities, gold_ents, "gmner")}
     image, w, h = _image(gold or Sample(pred.id, tokens, image=pred.image), folders)
     return {
         "id": pred.id, "tokens": list(tokens), "image": image, "width": w, "height": h,
-        "pred": [_ent(e, i not in hit) for i, e in enumerate(pred.entities)],
-        "gold": [_ent(e, False) for e in gold_ents],
+        "pred": [_ent(e, "" if i in hit else "wrong box" if i in text_hit else "wrong") for i, e in enumerate(pred.entities)],
+        "gold": [_ent(e, "") for e in gold_ents],
         "missed": [{"text": e.text, "type": e.type} for i, e in enumerate(gold_ents) if i not in found],
         "delegated": pred.delegated or any(e.decision == "delegate" or e.source == "mllm" for e in pred.entities),
         "error": bool(gold) and (len(hit) < len(pred.entities) or len(found) < len(gold_ents)),
