@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import GateConfig
 from .errors import ConfigError
-from .eval.metrics import matching, score
+from .eval.metrics import matching
 from .types import Prediction, Sample
 
 GATE_FILE = "gate.json"
@@ -158,11 +158,6 @@ def apply_gate(preds: Sequence[Prediction], calib: GateCalibration | None, llm_c
         flagged = (p.missing_score or 0.0) >= calib.missing_threshold
         out.append(p.with_(entities=ents, delegated=flagged or any(e.decision == "delegate" for e in ents)))
     return out
-
-
-def mner_f1(preds: Sequence[Prediction], gold: Sequence[Sample]) -> float:
-    """MNER F1 of predictions against gold."""
-    return score(gold, preds).overall["mner"].f1
 
 
 # ---- a learned entity score: logistic regression over the tagger's single-pass signals ------------

@@ -52,15 +52,6 @@ def open_image(path: str | Path) -> Image.Image:
         raise DataError(f"corrupt image: {exc}", path) from None
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) read from the image header."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image: {exc}", path) from None
-
-
 def sent_size(size: tuple[int, int], max_side: int, multiple_of: int | None = None) -> tuple[int, int]:
     """The size an image is sent at: longest side at most max_side, optionally snapped to a multiple."""
     w, h = size
