@@ -29,7 +29,7 @@ def dev_f1(train, dev, seed: int) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-sample", type=int, default=3)
+    ap.add_argument("--per-sample", type=int, default=1)
     ap.add_argument("--seeds", type=int, nargs="+", default=[13])
     ap.add_argument("--skip-baseline", action="store_true", help="do not retrain train-500 alone")
     args = ap.parse_args()

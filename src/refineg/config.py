@@ -118,7 +118,7 @@ class SynthConfig(BaseModel):
     n_keep: int = Field(20, ge=0, description="sentences that keep the seed's entities")
     n_new: int = Field(10, ge=0, description="sentences with new entities of the same types")
     n_none: int = Field(10, ge=0, description="sentences for a seed without entities")
-    per_sample: int = Field(3, ge=1, description="mention-replacement copies per seed")
+    per_sample: int = Field(1, ge=1, description="mention-replacement copies per seed (x3 cost 1.5 dev F1 at train-500)")
     type_map: dict[str, str] = Field(default_factory=dict, description="maps LLM type names onto ours")
     seed: int = 13
 
