@@ -12,6 +12,7 @@ from typing import Sequence
 
 from .config import RunConfig, default_cache_dir
 from .data import load_samples
+from .data.images import find_image
 from .data.jsonl import write_jsonl
 from .errors import DataError
 from .eval.metrics import score
@@ -125,9 +126,7 @@ class _Images:
     counts: Counter
 
     def path(self, sample: Sample) -> Path | None:
-        if not sample.image:
-            return None
-        return next((f / sample.image for f in self.folders if (f / sample.image).is_file()), None)
+        return find_image(sample.image, self.folders)
 
     def sent(self, sample: Sample):
         """The SentImage of a sample, or None (counted) when it is missing or unreadable."""
@@ -320,7 +319,7 @@ def _demo_selector(cfg, demos, demo_ids, images, clip, client, notes):
     folders = [p for p in (images, Path(demos).parent, Path(demos).parent.parent / "images") if p is not None]
     pool, paths = [], {}
     for s in pool_all:
-        path = next((f / s.image for f in folders if s.image and (f / s.image).is_file()), None)
+        path = find_image(s.image, folders)
         if path is not None:
             pool.append(s)
             paths[s.id] = path

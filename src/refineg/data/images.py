@@ -39,6 +39,13 @@ class SentImage:
         return box.scaled(1 / sx, 1 / sy).clipped(*self.sent_size)
 
 
+def find_image(name: str | None, folders: list[Path]) -> Path | None:
+    """The first folder's file of that name, or None (also when there is no name)."""
+    if not name:
+        return None
+    return next((f / name for f in folders if (f / name).is_file()), None)
+
+
 def open_image(path: str | Path) -> Image.Image:
     """The image at path as RGB; DataError if it is missing or corrupt."""
     path = Path(path)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from ..data.images import prepare_image
+from ..data.images import find_image, prepare_image
 from ..errors import DataError
 from ..eval.metrics import MODES, matching, score
 from ..types import Entity, Prediction, Sample
@@ -29,7 +29,7 @@ def _ent(e: Entity, wrong: str) -> dict:
 
 
 def _image(sample: Sample, folders: list[Path]) -> tuple[str | None, int, int]:
-    path = next((f / sample.image for f in folders if sample.image and (f / sample.image).is_file()), None)
+    path = find_image(sample.image, folders)
     if path is None:
         return None, 0, 0
     try:
