@@ -39,7 +39,9 @@ def caught_at(scores: np.ndarray, correct: np.ndarray, budget: float = 0.25) -> 
 def timed_decoding(tagger, samples) -> tuple[float, float]:
     """Seconds for plain Viterbi decoding and for decoding with all single-pass scores."""
     torch.set_num_threads(tagger.config.threads)
-    order = sorted(samples, key=lambda s: len(s.tokens))
+    if tagger.prior is not None:
+        tagger.prior.forget()
+    order = sorted(samples, key=lambda s: tagger.aligner.n_subtokens(s.tokens))
     bs = tagger.config.eval_batch_size
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -49,6 +51,8 @@ def timed_decoding(tagger, samples) -> tuple[float, float]:
             enc = tagger.encode(words)
             tagger.model.crf.decode(tagger.model.emissions(enc), mask=enc.word_mask)
     plain = time.perf_counter() - t0
+    if tagger.prior is not None:
+        tagger.prior.forget()
     t0 = time.perf_counter()
     tagger.predict_detailed(samples)
     return plain, time.perf_counter() - t0
@@ -107,6 +111,7 @@ def main() -> None:
         plain, scored = timed_decoding(tagger, dev)
         figures = evaluate(tagger, dev, args.mc)
         figures.update(train_seconds=meta["seconds"], best_epoch=meta["best_epoch"], epochs_run=meta["epochs_run"],
+                       soup_epochs=meta.get("soup_epochs", []),
                        tag_per_s=len(dev) / scored, plain_decode_per_s=len(dev) / plain, score_cost=scored / plain,
                        model_dir=str(model_dir))
         results[name] = figures
@@ -118,7 +123,8 @@ def main() -> None:
 def _print(name: str, f: dict) -> None:
     m = f["mner"]
     print(f"\n== {name}: dev MNER P {m['precision']:.4f} R {m['recall']:.4f} F1 {m['f1']:.4f} "
-          f"(best epoch {f['best_epoch']}/{f['epochs_run']}, trained in {f['train_seconds']:.0f} s)")
+          f"(best epoch {f['best_epoch']}/{f['epochs_run']}, weights averaged over epochs {f['soup_epochs']}, "
+          f"trained in {f['train_seconds']:.0f} s)")
     print(f"   tagging {f['tag_per_s']:.0f} sent/s with scores, {f['plain_decode_per_s']:.0f} sent/s plain Viterbi "
           f"-> single-pass scores cost {f['score_cost']:.2f}x")
     print(f"   {'score':<22} {'AUROC':>7} {'errors caught @25%':>19}")

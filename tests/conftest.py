@@ -42,7 +42,8 @@ def tiny_model(tmp_path_factory, twitter_train, twitter_dev):
 
     dev = load_samples(twitter_dev)[:40]
     train = load_samples(twitter_train)[:40] + dev
-    cfg = RunConfig(tagger=TaggerConfig(epochs=4, lstm_hidden=32, batch_size=8, lr_head=3e-3, lr_encoder=2e-4, warmup=0))
+    cfg = RunConfig(tagger=TaggerConfig(epochs=4, min_epoch_steps=1, lstm_hidden=32, batch_size=8, lr_head=3e-3,
+                                        lr_encoder=2e-4, warmup=0))
     out = tmp_path_factory.mktemp("tiny_model")
     result = train_model(train, dev, cfg, out, progress=False)
     return out, result, dev

@@ -93,3 +93,41 @@ def test_score_model_falls_back_when_dev_has_no_errors_to_learn_from():
     assert np.all(np.isfinite(w)) and np.isfinite(b)
     w, b = fit_logistic(np.zeros((0, 3)), np.zeros(0))
     assert np.all(w == 0)
+
+
+def test_a_score_model_fitted_on_other_features_is_refused():
+    from refineg.errors import ConfigError
+    from refineg.gate import FEATURE_NAMES, ScoreModel
+
+    old = {"features": ["logit_span_marginal", "type=PER"], "types": ["PER"], "weights": [1.0, 0.0], "bias": 0.0}
+    with pytest.raises(ConfigError, match="other features"):
+        ScoreModel.from_dict(old)
+    current = ScoreModel(("PER",), tuple([0.0] * (len(FEATURE_NAMES) + 1)), 0.0)
+    assert ScoreModel.from_dict(current.as_dict()) == current
+
+
+def test_entity_surface_features():
+    from refineg.gate import FEATURE_NAMES, entity_features
+    from refineg.tagger.tagger import EntityScores, Tagged
+
+    tokens = ("RT", "@", "bob", ":", "NASA", "is", "great")
+    ents = (Entity("bob", "PER", 2, 3), Entity("NASA", "ORG", 4, 5))
+    scores = (EntityScores(0.5, 0.5, 0.5, None, False, ("PER",)), EntityScores(0.5, 0.5, 0.5, None, True, ("PER",)))
+    x = entity_features([Tagged(Prediction("s", ents, tokens=tokens), scores)], ["ORG", "PER"])
+    col = {n: i for i, n in enumerate(FEATURE_NAMES)}
+    assert x[0, col["after_hash_or_at"]] == 1 and x[1, col["after_hash_or_at"]] == 0
+    assert x[0, col["seen_same_type"]] == 1 and x[1, col["seen_other_type"]] == 1
+    assert x[1, col["prior_agrees"]] == 1
+
+
+def test_a_gate_file_from_an_older_score_model_names_the_file(tmp_path):
+    import json
+
+    from refineg.errors import ConfigError
+
+    fields = dict(mode="budget", budget=0.25, threshold=0.5, missing_threshold=0.9, auroc=0.8, delegation_rate=0.25,
+                  errors_caught=0.5, misses_in_flagged=0.3, sample_flag_rate=0.1, n_entities=10, n_errors=3)
+    old = {"features": ["logit_span_marginal", "type=PER"], "types": ["PER"], "weights": [1.0, 0.0], "bias": 0.0}
+    (tmp_path / "gate.json").write_text(json.dumps({**fields, "score_model": old}))
+    with pytest.raises(ConfigError, match=r"gate\.json: .*other features"):
+        GateCalibration.load(tmp_path)

@@ -84,8 +84,12 @@ class TaggerConfig(BaseModel):
     freeze_embeddings: bool = Field(True, description="keep the encoder's word-piece embeddings fixed")
     lstm_hidden: int = Field(128, ge=0, description="0 puts the emission layer straight on the encoder")
     dropout: float = Field(0.2, ge=0, lt=1)
-    epochs: int = Field(15, ge=1)
+    epochs: int = Field(10, ge=1)
+    min_epoch_steps: int = Field(30, ge=1, description="an epoch is at least this many optimiser steps: "
+                                 "small training sets are gone over several times per epoch")
     patience: int = Field(4, ge=1, description="epochs without a better dev F1 before stopping")
+    soup: int = Field(4, ge=1, description="average up to this many best epochs while dev F1 does not drop (1: off); "
+                      "each kept epoch holds a copy of the weights in memory")
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     lr_encoder: float = Field(1e-4, gt=0)

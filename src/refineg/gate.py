@@ -17,6 +17,7 @@ import numpy as np
 from .config import GateConfig
 from .errors import ConfigError
 from .eval.metrics import matching
+from .tagger.features import is_shouting
 from .types import Prediction, Sample
 
 GATE_FILE = "gate.json"
@@ -55,7 +56,13 @@ class GateCalibration:
         path = Path(model_dir, GATE_FILE)
         if not path.is_file():
             raise ConfigError(f"{path}: the model has no calibrated gate")
-        return cls(**json.loads(path.read_text()))
+        gate = cls(**json.loads(path.read_text()))
+        if gate.score_model is not None:
+            try:
+                ScoreModel.from_dict(gate.score_model)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+        return gate
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
@@ -162,7 +169,8 @@ def apply_gate(preds: Sequence[Prediction], calib: GateCalibration | None, llm_c
 
 # ---- a learned entity score: logistic regression over the tagger's single-pass signals ------------
 
-FEATURE_NAMES = ("logit_span_marginal", "logit_mean_max_prob", "logit_min_tag_marginal", "prior_agrees", "n_tokens")
+FEATURE_NAMES = ("logit_span_marginal", "logit_mean_max_prob", "logit_min_tag_marginal", "prior_agrees", "n_tokens",
+                 "seen_same_type", "seen_other_type", "after_hash_or_at", "shouting_post")
 
 
 def _logit(p: float) -> float:
@@ -174,9 +182,14 @@ def entity_features(tagged: Sequence, types: Sequence[str]) -> np.ndarray:
     """One feature row per predicted entity of tagged predictions (see FEATURE_NAMES, then a type one-hot)."""
     rows = []
     for t in tagged:
+        tokens = t.prediction.tokens or ()
+        shouting = float(is_shouting(tokens))  # capitalisation says little in an all-caps or title-case post
         for e, s in zip(t.prediction.entities, t.scores):
+            seen = s.train_types or ()
+            after_tag = float(0 < (e.start or 0) <= len(tokens) and tokens[e.start - 1] in ("#", "@"))
             rows.append([_logit(s.span_marginal), _logit(s.mean_max_prob), _logit(s.min_tag_marginal),
-                         float(bool(s.prior_agrees)), float(min(e.end - e.start, 6))]
+                         float(bool(s.prior_agrees)), float(min(e.end - e.start, 6)),
+                         float(e.type in seen), float(bool(seen) and e.type not in seen), after_tag, shouting]
                         + [float(e.type == ty) for ty in types])
     return np.asarray(rows, dtype=float).reshape(len(rows), len(FEATURE_NAMES) + len(types))
 
@@ -237,6 +250,10 @@ class ScoreModel:
 
     @classmethod
     def from_dict(cls, d: dict) -> ScoreModel:
+        """The model saved by as_dict; one fitted on other features is refused."""
+        if list(d.get("features", []))[:len(FEATURE_NAMES)] != list(FEATURE_NAMES):
+            raise ConfigError("the gate's score model was fitted on other features (an older refineg?); "
+                              "train the model again with `refineg train`")
         return cls(tuple(d["types"]), tuple(d["weights"]), float(d["bias"]))
 
     def as_dict(self) -> dict:

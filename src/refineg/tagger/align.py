@@ -35,6 +35,10 @@ class Aligner:
     def _n_pieces(self, word: str) -> int:
         return len(self.tokenizer.tokenize(word))
 
+    def n_subtokens(self, words: Sequence[str]) -> int:
+        """How many sub-tokens the words become (specials excluded)."""
+        return sum(self._pieces(w) or 1 for w in words)
+
     def clean(self, words: Sequence[str]) -> list[str]:
         """The words with any that the tokenizer drops entirely (e.g. a lone variation selector) replaced."""
         unk = self.tokenizer.unk_token or "[UNK]"

@@ -76,6 +76,8 @@ class PriorNER:
     labelled data is small; the tagger learns how far to trust it.
     """
 
+    memo_size = 50_000
+
     def __init__(self, model: str):
         try:
             import spacy
@@ -85,6 +87,14 @@ class PriorNER:
             self.nlp = spacy.load(model, exclude=["parser", "tagger", "lemmatizer", "attribute_ruler", "senter"])
         except OSError as exc:
             raise ConfigError(f"cannot load spaCy model {model!r}: {str(exc).splitlines()[0]}") from None
+        if "ner" not in self.nlp.pipe_names:
+            raise ConfigError(f"spaCy model {model!r} has no ner component")
+        if "tok2vec" in self.nlp.pipe_names and \
+                "ner" not in getattr(self.nlp.get_pipe("tok2vec"), "listening_components", ["ner"]):
+            # The small English models' NER has its own tok2vec: the shared one would only cost time.
+            self.nlp.remove_pipe("tok2vec")
+        # Training tags dev every epoch: remembering sentences spares spaCy the same work each time.
+        self._memo: dict[tuple[str, ...], list[int]] = {}
         self.labels = sorted(self.nlp.get_pipe("ner").labels)
         self._index = {lab: i for i, lab in enumerate(self.labels)}
 
@@ -93,8 +103,21 @@ class PriorNER:
         """Size of the id space, padding included."""
         return 2 + 2 * len(self.labels)
 
+    def forget(self) -> None:
+        """Drop the remembered sentences (benchmarks time spaCy on fresh input)."""
+        self._memo.clear()
+
     def ids(self, batch_words: Sequence[Sequence[str]]) -> list[list[int]]:
         """Feature ids for each word of each word list (our tokenisation is kept)."""
+        keys = [tuple(ws) for ws in batch_words]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._memo))
+        if len(self._memo) + len(todo) > self.memo_size:
+            self._memo.clear()
+        if todo:
+            self._memo.update(zip(todo, self._tag(todo)))
+        return [self._memo[k] for k in keys]
+
+    def _tag(self, batch_words: Sequence[Sequence[str]]) -> list[list[int]]:
         from spacy.tokens import Doc
 
         docs = self.nlp.pipe((Doc(self.nlp.vocab, words=[w if w.strip() else "_" for w in ws]) for ws in batch_words),

@@ -21,6 +21,21 @@ from .features import PriorNER, shape_ids
 from .model import TaggerModel
 
 WEIGHTS = "model.pt"
+LEXICON = "lexicon.json"
+
+
+def lexicon_key(text: str) -> str:
+    """How entity texts are compared with the training lexicon (case and spacing ignored)."""
+    return " ".join(text.lower().split())
+
+
+def lexicon_of(samples: Sequence[Sample]) -> dict[str, list[str]]:
+    """Every entity text of the samples with the types it was labelled with."""
+    seen: dict[str, set[str]] = {}
+    for s in samples:
+        for e in s.entities:
+            seen.setdefault(lexicon_key(e.text), set()).add(e.type)
+    return {k: sorted(v) for k, v in sorted(seen.items())}
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,7 @@ class EntityScores:
     min_tag_marginal: float
     mc_dropout: float | None = None
     prior_agrees: bool | None = None  # the cased prior NER tagged exactly this span (any type)
+    train_types: tuple[str, ...] | None = None  # types this text had in the training data (None: no lexicon)
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,11 @@ def prior_agrees(prior: np.ndarray, start: int, end: int, n: int) -> bool:
     inside = all(i >= 3 and i % 2 == 1 for i in ids[start + 1:end])
     closed = end >= n or not (ids[end] >= 3 and ids[end] % 2 == 1)
     return bool(begins and inside and closed)
+
+
+def prior_for(config: TaggerConfig) -> PriorNER | None:
+    """The prior spaCy features a config asks for, if any."""
+    return PriorNER(config.prior_ner) if config.prior_ner else None
 
 
 def build_model(encoder, labels: list[str], config: TaggerConfig, prior: PriorNER | None) -> TaggerModel:
@@ -84,8 +105,10 @@ class _Lattice:
 class Tagger:
     """An encoder + CRF tagger with its tokenizer, labels and config."""
 
-    def __init__(self, model: TaggerModel, tokenizer, config: TaggerConfig, prior: PriorNER | None = None):
+    def __init__(self, model: TaggerModel, tokenizer, config: TaggerConfig, prior: PriorNER | None = None,
+                 lexicon: dict[str, list[str]] | None = None):
         self.model = model
+        self.lexicon = lexicon  # training entity texts -> types, a signal for the gate's score model
         self.prior = prior
         self.tokenizer = tokenizer
         self.config = config
@@ -93,11 +116,10 @@ class Tagger:
         self.labels = model.labels
         self._o = self.labels.index("O")
 
-    def encode(self, batch_words: list[list[str]], prior_ids: list[list[int]] | None = None):
-        """Model inputs for word lists (prior NER ids are computed unless given)."""
-        if self.prior is not None and prior_ids is None:
-            prior_ids = self.prior.ids(batch_words)
-        return self.aligner.encode(batch_words, [shape_ids(w) for w in batch_words], prior_ids)
+    def encode(self, batch_words: list[list[str]]):
+        """Model inputs for word lists."""
+        prior = self.prior.ids(batch_words) if self.prior is not None else None
+        return self.aligner.encode(batch_words, [shape_ids(w) for w in batch_words], prior)
 
     # ---- prediction -----------------------------------------------------------------------
 
@@ -111,7 +133,8 @@ class Tagger:
         from tqdm import tqdm
 
         torch.set_num_threads(self.config.threads)
-        order = sorted(range(len(samples)), key=lambda i: len(samples[i].tokens))
+        # Sorting by sub-token count, not word count, keeps padding low: URLs and emoji split into many pieces.
+        order = sorted(range(len(samples)), key=lambda i: self.aligner.n_subtokens(samples[i].tokens))
         out: list[Tagged | None] = [None] * len(samples)
         bs = self.config.eval_batch_size
         for k in tqdm(range(0, len(order), bs), desc="tagging", disable=not progress, leave=False):
@@ -160,15 +183,20 @@ class Tagger:
             m = marg[start:end]
             mc_score = sum(x.span(b, n, start, end, bi, ii) for x in mc) / len(mc) if mc else None
             decoded = m[np.arange(end - start), path[start:end]]
+            text = " ".join(sample.tokens[start:end])
             scores.append(EntityScores(p, float(m.max(-1).mean()), float(decoded.min()), mc_score,
-                                       None if prior is None else prior_agrees(prior, start, end, n)))
-            entities.append(Entity(" ".join(sample.tokens[start:end]), etype, start, end, score=p, source="tagger"))
+                                       None if prior is None else prior_agrees(prior, start, end, n),
+                                       self._train_types(text)))
+            entities.append(Entity(text, etype, start, end, score=p, source="tagger"))
             inside[start:end] = True
         outside = marg[~inside, self._o]
         missing = float((1 - outside).max()) if outside.size else 0.0
         pred = Prediction(sample.id, tuple(entities), tokens=sample.tokens, image=sample.image,
                           missing_score=min(1.0, max(0.0, missing)))
         return Tagged(pred, tuple(scores))
+
+    def _train_types(self, text: str) -> tuple[str, ...] | None:
+        return None if self.lexicon is None else tuple(self.lexicon.get(lexicon_key(text), ()))
 
     # ---- persistence ----------------------------------------------------------------------
 
@@ -181,6 +209,8 @@ class Tagger:
         torch.save(self.model.state_dict(), model_dir / WEIGHTS)
         (model_dir / "labels.json").write_text(json.dumps(self.labels, indent=1))
         (model_dir / "tagger_config.json").write_text(self.config.model_dump_json(indent=1))
+        if self.lexicon is not None:
+            (model_dir / LEXICON).write_text(json.dumps(self.lexicon, ensure_ascii=False))
         if meta is not None:
             (model_dir / "meta.json").write_text(json.dumps(meta, indent=1))
 
@@ -193,8 +223,9 @@ class Tagger:
         config = TaggerConfig.model_validate_json((model_dir / "tagger_config.json").read_text())
         labels = json.loads((model_dir / "labels.json").read_text())
         encoder, tokenizer = load_encoder(None, config_only_from=model_dir / "encoder")
-        prior = PriorNER(config.prior_ner) if config.prior_ner else None
+        prior = prior_for(config)
         model = build_model(encoder, labels, config, prior)
         model.load_state_dict(torch.load(model_dir / WEIGHTS, map_location="cpu", weights_only=True))
         model.eval()
-        return cls(model, tokenizer, config, prior)
+        lexicon = json.loads((model_dir / LEXICON).read_text()) if (model_dir / LEXICON).is_file() else None
+        return cls(model, tokenizer, config, prior, lexicon)

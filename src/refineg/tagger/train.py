@@ -1,10 +1,12 @@
 """Training: AdamW with warm-up and linear decay, separate learning rates for encoder, head and CRF,
-best epoch by dev MNER F1 with early stopping. Seeded."""
+length-bucketed batches, best epochs by dev MNER F1 with early stopping, then a greedy weight
+average of the best epochs. Seeded."""
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -20,9 +22,9 @@ from ..errors import DataError
 from ..eval.metrics import score
 from ..types import Sample
 from .encoder import load_encoder
-from .features import PriorNER, shape_ids
+from .features import shape_ids
 from .model import TaggerModel
-from .tagger import Tagger, build_model
+from .tagger import Tagger, build_model, lexicon_of, prior_for
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ class TrainReport:
     dev_f1_by_epoch: list[float] = field(default_factory=list)
     loss_by_epoch: list[float] = field(default_factory=list)
     train_sentences: int = 0
+    soup_epochs: list[int] = field(default_factory=list)  # epochs whose weights were averaged into the model
+    soup_dev_f1: float = 0.0
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -90,7 +94,7 @@ def _optimizer(model: TaggerModel, cfg: TaggerConfig) -> torch.optim.Optimizer:
         {"params": groups["encoder_nd"], "lr": cfg.lr_encoder, "weight_decay": 0.0},
         {"params": groups["head"], "lr": cfg.lr_head, "weight_decay": cfg.weight_decay},
         {"params": groups["crf"], "lr": cfg.lr_crf, "weight_decay": 0.0},
-    ])
+    ], fused=True)  # the fused kernel: the per-tensor loop cost a fifth of each CPU epoch
 
 
 def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: TaggerConfig,
@@ -106,49 +110,107 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
     if not examples:
         raise DataError("no training sentences")
     encoder, tokenizer = load_encoder(cfg.encoder)
-    prior = PriorNER(cfg.prior_ner) if cfg.prior_ner else None
+    prior = prior_for(cfg)
     model = build_model(encoder, labels, cfg, prior)
     if cfg.freeze_embeddings:
         encoder.get_input_embeddings().weight.requires_grad_(False)
-    tagger = Tagger(model, tokenizer, cfg, prior)
+    tagger = Tagger(model, tokenizer, cfg, prior, lexicon_of(train))
     if prior is not None:
         examples = [(w, s, t, p) for (w, s, t, _), p in zip(examples, prior.ids([e[0] for e in examples]))]
     opt = _optimizer(model, cfg)
-    steps = cfg.epochs * ((len(examples) + cfg.batch_size - 1) // cfg.batch_size)
+    passes = passes_per_epoch(len(examples), cfg)
+    steps = cfg.epochs * passes * math.ceil(len(examples) / cfg.batch_size)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * steps), steps)
     report = TrainReport(train_sentences=len(examples))
     rng = random.Random(cfg.seed)
-    best_state, stale = None, 0
+    snapshots: list[_Snapshot] = []  # the best epochs so far, best first
+    stale = 0
     for epoch in range(1, cfg.epochs + 1):
-        loss = _run_epoch(tagger, examples, opt, sched, rng, progress, epoch)
-        f1 = score(dev, tagger.predict(dev)).overall["mner"].f1 if dev else 0.0
+        loss = _run_epoch(tagger, examples, opt, sched, rng, progress, epoch, passes)
+        f1 = _dev_f1(tagger, dev)
         report.loss_by_epoch.append(round(loss, 4))
         report.dev_f1_by_epoch.append(round(f1, 4))
         report.epochs_run = epoch
         log.info("epoch %d: loss %.4f, dev MNER F1 %.4f", epoch, loss, f1)
         if on_epoch:
             on_epoch(epoch, loss, f1)
-        if best_state is None or f1 > report.best_dev_f1 or not dev:
-            best_state, report.best_epoch, report.best_dev_f1, stale = copy.deepcopy(model.state_dict()), epoch, f1, 0
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
-    model.load_state_dict(best_state)
+        improved = not snapshots or f1 > snapshots[0].f1 or not dev
+        snapshots = sorted(snapshots + [_Snapshot(f1, epoch, copy.deepcopy(model.state_dict()))],
+                           key=lambda s: (-s.f1, -s.epoch) if dev else -s.epoch)[:max(1, cfg.soup)]
+        stale = 0 if improved else stale + 1
+        if stale >= cfg.patience:
+            break
+    report.best_epoch, report.best_dev_f1 = snapshots[0].epoch, snapshots[0].f1
+    report.soup_epochs, report.soup_dev_f1 = _greedy_soup(tagger, snapshots, dev)
     model.eval()
     report.seconds = round(time.perf_counter() - t0, 1)
     return tagger, report
 
 
-def _run_epoch(tagger: Tagger, examples, opt, sched, rng: random.Random, progress: bool, epoch: int) -> float:
+@dataclass(frozen=True)
+class _Snapshot:
+    f1: float
+    epoch: int
+    state: dict
+
+
+def _dev_f1(tagger: Tagger, dev: Sequence[Sample] | None) -> float:
+    return score(dev, tagger.predict(dev)).overall["mner"].f1 if dev else 0.0
+
+
+def _average(states: list[dict]) -> dict:
+    return {k: sum(s[k] for s in states) / len(states) if states[0][k].is_floating_point() else states[0][k]
+            for k in states[0]}
+
+
+def _greedy_soup(tagger: Tagger, snapshots: list[_Snapshot], dev: Sequence[Sample] | None) -> tuple[list[int], float]:
+    """Load the weight average of the best epochs, adding each next-best one only if dev F1 does not drop.
+
+    Averaging neighbouring epochs (a "greedy soup") smooths out the epoch-to-epoch swings that small
+    training sets cause; each candidate costs one dev pass. Returns the epochs kept and their dev F1.
+    """
+    members, best = [snapshots[0]], snapshots[0].f1
+    for candidate in snapshots[1:] if dev else []:
+        tagger.model.load_state_dict(_average([m.state for m in members + [candidate]]))
+        f1 = _dev_f1(tagger, dev)
+        if f1 >= best:
+            members, best = members + [candidate], f1
+    tagger.model.load_state_dict(_average([m.state for m in members]))
+    return sorted(m.epoch for m in members), best
+
+
+def _batches(lengths: list[int], size: int, rng: random.Random, jitter: float = 8.0) -> list[list[int]]:
+    """Indices in batches of similar sub-token length, in random order.
+
+    Random batches of tweets padded to about twice their mean length; sorting on a jittered length
+    keeps batches varied from epoch to epoch while most of that padding goes.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i] + rng.uniform(0, jitter))
+    batches = [order[k:k + size] for k in range(0, len(order), size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def passes_per_epoch(n_examples: int, cfg: TaggerConfig) -> int:
+    """How many times one epoch goes over the training set: enough for cfg.min_epoch_steps steps.
+
+    With 100 sentences a single pass is 7 optimizer steps, and ten such epochs leave the model
+    under-trained (dev F1 0.54 against 0.60 at fifteen); counting epochs in steps keeps the
+    schedule, the dev checks and early stopping meaningful whatever the training set's size.
+    """
+    return max(1, math.ceil(cfg.min_epoch_steps / max(1, math.ceil(n_examples / cfg.batch_size))))
+
+
+def _run_epoch(tagger: Tagger, examples, opt, sched, rng: random.Random, progress: bool, epoch: int,
+               passes: int) -> float:
     model, cfg = tagger.model, tagger.config
     model.train()
-    order = list(range(len(examples)))
-    rng.shuffle(order)
     total, n = 0.0, 0
-    bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", disable=not progress, leave=False)
-    for k in bar:
-        chunk = [examples[i] for i in order[k:k + cfg.batch_size]]
+    lengths = [tagger.aligner.n_subtokens(e[0]) for e in examples]
+    batches = [b for _ in range(passes) for b in _batches(lengths, cfg.batch_size, rng)]
+    bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
+    for batch in bar:
+        chunk = [examples[i] for i in batch]
         priors = [c[3] for c in chunk] if tagger.prior is not None else None
         enc = tagger.aligner.encode([c[0] for c in chunk], [c[1] for c in chunk], priors)
         tags = torch.zeros_like(enc.word_mask, dtype=torch.long)
