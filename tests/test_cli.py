@@ -68,6 +68,7 @@ def test_train_then_predict_through_the_cli(twitter_train, twitter_dev, tmp_path
                "--epochs", "1", "--config", cfg, "--quiet")
     assert res.returncode == 0, res.stderr
     assert "dev MNER" in res.stdout and "AUROC" in res.stdout
+    assert "weights averaged over epochs 1)" in " ".join(res.stdout.split())  # rich wraps long lines
     meta = json.loads((tmp_path / "m" / "meta.json").read_text())
     assert meta["config"]["tagger"]["lstm_hidden"] == 16 and meta["sources"]["train_samples"] == 30
     res = _run("predict", "--model", tmp_path / "m", "--data", tmp_path / "dev.jsonl", "--out", tmp_path / "p.jsonl", "--quiet")

@@ -195,7 +195,8 @@ def train(
     result = train_model(samples + extra, dev_samples, cfg, out_dir, progress=not quiet, sources=sources)
     m, g, t = result.meta["dev"]["mner"], result.gate, result.meta["train"]
     out.print(f"trained on {len(samples)} + {len(extra)} augmented sentences in {t['seconds']:.0f} s "
-              f"(best epoch {t['best_epoch']} of {t['epochs_run']})")
+              f"(best epoch {t['best_epoch']} of {t['epochs_run']}; weights averaged over epochs "
+              f"{', '.join(map(str, t['soup_epochs']))})")
     out.print(f"dev MNER  P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}")
     out.print(f"gate ({g.mode}): AUROC {g.auroc:.4f}, delegates {g.delegation_rate:.1%} of entities, "
               f"catches {g.errors_caught:.1%} of wrong entities; flags {g.sample_flag_rate:.1%} of samples "
