@@ -41,9 +41,10 @@ def _image(sample: Sample, folders: list[Path]) -> tuple[str | None, int, int]:
 
 def _sample_view(pred: Prediction, gold: Sample | None, tokens: tuple[str, ...], folders: list[Path]) -> dict:
     gold_ents = gold.entities if gold else ()
-    hit = {p for p, _ in matching(pred.entities, gold_ents, "gmner")} if gold else set(range(len(pred.entities)))
+    pairs = matching(pred.entities, gold_ents, "gmner")
+    hit = {p for p, _ in pairs} if gold else set(range(len(pred.entities)))
     text_hit = {p for p, _ in matching(pred.entities, gold_ents, "mner")} if gold else hit
-    found = {g for _, g in matching(pred.entities, gold_ents, "gmner")}
+    found = {g for _, g in pairs}
     image, w, h = _image(gold or Sample(pred.id, tokens, image=pred.image), folders)
     return {
         "id": pred.id, "tokens": list(tokens), "image": image, "width": w, "height": h,

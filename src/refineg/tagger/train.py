@@ -119,6 +119,7 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
         examples = [(w, s, t, p) for (w, s, t, _), p in zip(examples, prior.ids([e[0] for e in examples]))]
     opt = _optimizer(model, cfg)
     passes = passes_per_epoch(len(examples), cfg)
+    lengths = [tagger.aligner.n_subtokens(e[0]) for e in examples]
     steps = cfg.epochs * passes * math.ceil(len(examples) / cfg.batch_size)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * steps), steps)
     report = TrainReport(train_sentences=len(examples))
@@ -126,7 +127,8 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
     snapshots: list[_Snapshot] = []  # the best epochs so far, best first
     stale = 0
     for epoch in range(1, cfg.epochs + 1):
-        loss = _run_epoch(tagger, examples, opt, sched, rng, progress, epoch, passes)
+        batches = [b for _ in range(passes) for b in _batches(lengths, cfg.batch_size, rng)]
+        loss = _run_epoch(tagger, examples, batches, opt, sched, progress, epoch)
         f1 = _dev_f1(tagger, dev)
         report.loss_by_epoch.append(round(loss, 4))
         report.dev_f1_by_epoch.append(round(f1, 4))
@@ -201,13 +203,10 @@ def passes_per_epoch(n_examples: int, cfg: TaggerConfig) -> int:
     return max(1, math.ceil(cfg.min_epoch_steps / max(1, math.ceil(n_examples / cfg.batch_size))))
 
 
-def _run_epoch(tagger: Tagger, examples, opt, sched, rng: random.Random, progress: bool, epoch: int,
-               passes: int) -> float:
-    model, cfg = tagger.model, tagger.config
+def _run_epoch(tagger: Tagger, examples, batches: list[list[int]], opt, sched, progress: bool, epoch: int) -> float:
+    model = tagger.model
     model.train()
     total, n = 0.0, 0
-    lengths = [tagger.aligner.n_subtokens(e[0]) for e in examples]
-    batches = [b for _ in range(passes) for b in _batches(lengths, cfg.batch_size, rng)]
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
     for batch in bar:
         chunk = [examples[i] for i in batch]
