@@ -11,11 +11,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
 API_KEY_VARS = ("REFINEG_LLM_API_KEY", "OPENAI_API_KEY")
+# Synthesis writes up to 20 sentences as JSON; refinement reasons before its list; a reasoning model
+# that runs out is asked once more with twice the limit.
+MAX_TOKENS = {"synthesis": 4096, "refinement": 1536, "grounding": 1024, "check": 512, "default": 1024}
 
 
 def default_cache_dir() -> Path:
@@ -39,7 +42,11 @@ class LLMConfig(BaseModel):
     backoff_base: float = Field(0.5, ge=0)
     backoff_max: float = Field(20.0, ge=0)
     temperature: float = 0.0
-    max_tokens: int = Field(1024, ge=1)
+    max_tokens: dict[str, int] = Field(default_factory=lambda: dict(MAX_TOKENS),
+                                       description="completion tokens per stage (an int sets every stage)")
+    box_format: str = Field("auto", description="auto (from the model name), a convention (pixels, norm1000, "
+                            "norm1000-yx, norm1) or a model family (qwen2.5-vl, gemini, ...)")
+    verbose: bool = Field(False, description="show the embedded llama.cpp server's log instead of writing it to a file")
     image_max_side: int = Field(1000, ge=28)
     image_multiple_of: int | None = Field(None, description="snap sent sides to this multiple (28 for Qwen2.5-VL)")
     cache: bool = True
@@ -48,6 +55,19 @@ class LLMConfig(BaseModel):
     price_completion_per_1k: float = 0.0
     gguf_ctx: int = Field(4096, ge=256)
     gguf_threads: int = Field(2, ge=1)
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return {stage: v for stage in MAX_TOKENS}
+        if isinstance(v, dict):
+            return {**MAX_TOKENS, **v}
+        return v
+
+    def tokens_for(self, stage: str) -> int:
+        """The completion-token limit of a stage."""
+        return max(1, int(self.max_tokens.get(stage, MAX_TOKENS["default"])))
 
     @property
     def configured(self) -> bool:

@@ -158,12 +158,14 @@ def apply_gate(preds: Sequence[Prediction], calib: GateCalibration | None, llm_c
     out = []
     for p in preds:
         if not llm_configured or calib is None:
-            out.append(p.with_(entities=tuple(e.with_(decision="keep") for e in p.entities), delegated=False))
+            out.append(p.with_(entities=tuple(e.with_(decision="keep") for e in p.entities), delegated=False,
+                               maybe_missing=False))
             continue
         ents = tuple(e.with_(decision="delegate" if (e.score if e.score is not None else 1.0) < calib.threshold else "keep")
                      for e in p.entities)
         flagged = (p.missing_score or 0.0) >= calib.missing_threshold
-        out.append(p.with_(entities=ents, delegated=flagged or any(e.decision == "delegate" for e in ents)))
+        out.append(p.with_(entities=ents, delegated=flagged or any(e.decision == "delegate" for e in ents),
+                           maybe_missing=flagged))
     return out
 
 

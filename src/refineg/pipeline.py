@@ -221,6 +221,7 @@ class _LLMStages:
         from .llm import LLMClient
 
         client = LLMClient(cfg.llm, show_progress=progress)
+        notes.append(client.dialect.note)
         folders = [p for p in (images, Path(data).parent, Path(data).parent.parent / "images") if p is not None]
         imgs = _Images(folders, strict, client, counts)
         selector = embed = image_embed = None
@@ -256,13 +257,15 @@ class _LLMStages:
     def _ground(self, samples, preds, sent) -> list[Prediction]:
         from . import ground
 
+        family = self.client.dialect.family
         todo = [i for i, p in enumerate(preds) if p.entities and sent[samples[i].id] is not None]
         self.counts["grounding_skipped_no_image"] += sum(1 for i, p in enumerate(preds) if p.entities and sent[samples[i].id] is None)
-        reqs = [ground.build_request(samples[i], preds[i].entities, sent[samples[i].id], self._demos(samples[i], preds[i]))
-                for i in todo]
-        results = self.client.run(reqs, ground.parse, desc="grounding")
+        reqs = [ground.build_request(samples[i], preds[i].entities, sent[samples[i].id], self._demos(samples[i], preds[i]),
+                                     family, self.typeset) for i in todo]
+        parses = [ground.parser(family, sent[samples[i].id]) for i in todo]
+        results = self.client.run(reqs, parses, desc="grounding")
         return self._apply("grounding", preds, todo, results,
-                           lambda i, value: ground.apply_boxes(preds[i], value, sent[samples[i].id]))
+                           lambda i, value: ground.apply_boxes(preds[i], value, sent[samples[i].id], family))
 
     def _apply(self, stage: str, preds: list[Prediction], todo: list[int], results: list, update) -> list[Prediction]:
         """Predictions with each parsed result applied; a failed result is a counted fallback that keeps the input."""

@@ -110,6 +110,7 @@ class Prediction:
     image: str | None = None
     missing_score: float | None = None
     delegated: bool = False
+    maybe_missing: bool = False  # the gate flagged the sample as maybe missing an entity
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def with_(self, **changes: Any) -> Prediction:

@@ -88,5 +88,6 @@ def test_a_2000x1000_query_is_sent_at_1000x500_and_its_box_comes_back_x2(tmp_pat
     bob, paris = done.prediction.entities
     assert bob.boxes == (Box(200, 100, 600, 500), Box(1980, 20, 2000, 1000))  # x2, then clipped
     assert paris.boxes == ()
-    assert done.counts["box_dropped_degenerate"] == 1 and done.counts["answer_entities_ignored"] == 1
+    assert done.counts["box_dropped_degenerate"] == 1 and done.counts["answer_boxes_unmatched"] == 1
+    assert done.counts["box_clipped"] == 1
     assert done.counts["grounded"] == 1 and done.counts["not_in_image"] == 1

@@ -72,7 +72,7 @@ def test_timeout_is_retried_then_fails_with_a_clear_error(tmp_path):
 
 
 def test_broken_json_is_reasked_once_then_counted_as_a_fallback(tmp_path):
-    with FakeOpenAIServer([Reply('{"answer": '), Reply("still no json")]) as srv:
+    with FakeOpenAIServer([Reply('{"other": '), Reply("still no json")]) as srv:
         with LLMClient(_cfg(srv, tmp_path)) as client:
             result = client.ask(_req(), parse)
             assert not result.ok and result.reason == "parse" and result.raw == "still no json"
@@ -80,7 +80,7 @@ def test_broken_json_is_reasked_once_then_counted_as_a_fallback(tmp_path):
             assert summary["reasks"] == 1 and summary["fallbacks"] == 1
         # the re-ask shows the model its own reply and the error
         second = srv.requests[1]["messages"]
-        assert second[-2] == {"role": "assistant", "content": '{"answer": '}
+        assert second[-2] == {"role": "assistant", "content": '{"other": '}
         assert "could not be used" in second[-1]["content"]
 
 

@@ -32,6 +32,9 @@ def test_smollm2_returns_schema_valid_json_through_the_same_client(tmp_path):
         assert result.value.answer in ("pong", "ping")
         assert client.usage.total("requests") == 1 and client.usage.total("completion_tokens") > 0
         port = client._embedded.port
+    # the server's own log lines went to a file in the cache folder, not to the terminal
+    log_file = tmp_path / "llama-server.log"
+    assert log_file.is_file() and log_file.stat().st_size > 0
     # shut down cleanly: the port is free again
     import socket
 

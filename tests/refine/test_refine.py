@@ -24,9 +24,13 @@ PRED = Prediction("s1", (
 def test_parse_reads_the_last_object_and_rejects_malformed_answers():
     text = 'Red is part of "Red Sox". {"entities": [{"text": "x", "type": "ORG"}]} So: {"entities": [{"text": "Red Sox", "type": "ORG"}]}'
     assert [(e.text, e.type) for e in parse(text)] == [("Red Sox", "ORG")]
-    for bad in ('{"entities": [{"text": "Red Sox"}]}', '{"entities": "Red Sox"}', "no json", '{"entities": [}'):
+    for bad in ('{"entities": [{"text": "Red Sox"}]}', '{"entities": "Red Sox"}', "no json", "<think>{}</think>"):
         with pytest.raises(ParseError):
             parse(bad)
+    # broken JSON is repaired, and reasoning before the answer is never read as the answer
+    assert parse('{"entities": [}') == []
+    thought = '<think>maybe {"entities": [{"text": "x", "type": "PER"}]}</think>{"reasoning": "r", "entities": [{"text": "Red Sox", "type": "ORG",}]'
+    assert [(e.text, e.type) for e in parse(thought)] == [("Red Sox", "ORG")]
 
 
 def test_merge_fixes_uncertain_keeps_confident_and_rejects_hallucinations():
@@ -55,8 +59,25 @@ def test_request_marks_kept_and_uncertain_entities():
     text = req.messages[0]["content"][-1]["text"]
     assert '- KEPT: "Ted Cruz" (PER, tagger confidence 0.98)' in text
     assert '- UNCERTAIN: "Red" (ORG, tagger confidence 0.31)' in text
-    assert "POST: Ted Cruz met the Red Sox in Boston today" in text and "Think step by step" in text
-    assert req.stage == "refinement" and req.version == "1"
+    assert "POST: Ted Cruz met the Red Sox in Boston today" in text and "step-by-step" in text
+    assert req.stage == "refinement" and req.version == "2"
+    assert "MISSED" not in text  # the gate did not flag this sample as missing an entity
+    # the schema lets the model reason first, and bounds the types and the list
+    props = req.schema["properties"]
+    assert list(props) == ["reasoning", "entities"] and props["reasoning"]["maxLength"] > 0
+    assert props["entities"]["items"]["properties"]["type"]["enum"] == ["PER", "ORG", "LOC", "OTHER"]
+    assert props["entities"]["maxItems"] == 3
+    flagged = build_request(SAMPLE, PRED.with_(maybe_missing=True), load_typeset("twitter"))
+    assert "MISSED" in flagged.messages[0]["content"][-1]["text"] and flagged.schema["properties"]["entities"]["maxItems"] == 5
+
+
+def test_additions_are_kept_only_where_the_gate_flagged_a_missing_entity():
+    refined = parse(json.dumps({"entities": [{"text": "Red Sox", "type": "ORG"}, {"text": "today", "type": "OTHER"}]}))
+    merged = merge(SAMPLE, PRED, refined, TYPES)
+    assert [e.text for e in merged.prediction.entities] == ["Ted Cruz", "Red Sox"]
+    assert merged.counts["rejected_addition_not_asked"] == 1
+    merged = merge(SAMPLE, PRED.with_(maybe_missing=True), refined, TYPES)
+    assert [e.text for e in merged.prediction.entities] == ["Ted Cruz", "Red Sox", "today"]
 
 
 def _refine_over_http(srv, tmp_path):

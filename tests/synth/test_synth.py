@@ -32,7 +32,7 @@ def _answer(body):
     prompt = body["messages"][0]["content"]
     if "SAME entities" in prompt:
         return Reply("Here you go:\n```json\n" + json.dumps(CANNED) + "\n```")
-    return Reply('{"samples": [{"text": "broken"')  # the "new entities" request never parses
+    return Reply('{"samples": "broken')  # the "new entities" request never parses
 
 
 def _cfg(srv, tmp_path) -> RunConfig:

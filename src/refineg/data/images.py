@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 from ..types import Box
@@ -46,17 +49,41 @@ def find_image(name: str | None, folders: list[Path]) -> Path | None:
     return next((f / name for f in folders if (f / name).is_file()), None)
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """The image at path as RGB; DataError if it is missing or corrupt."""
+MAX_PIXELS = 64_000_000  # larger images are refused before decoding (a 20000x20000 file would need 1.2 GB)
+
+
+def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The image at path as upright RGB (EXIF orientation applied); DataError if missing, corrupt or too large."""
     path = Path(path)
     if not path.is_file():
         raise DataError("image not found", path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > max_pixels:
+                    raise DataError(f"image too large: {im.width}x{im.height} pixels (limit {max_pixels:,})", path)
+                im.load()
+                return ImageOps.exif_transpose(im).convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"image too large: {exc}", path) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"corrupt image: {exc}", path) from None
+
+
+def qwen25_frame(size: tuple[int, int], factor: int = 28, min_pixels: int = 56 * 56,
+                 max_pixels: int = 12_845_056) -> tuple[int, int]:
+    """The (width, height) Qwen2.5-VL's processor resizes an image to (its ``smart_resize``): sides
+    rounded to multiples of 28 and the pixel count kept within min/max; it answers boxes in this frame."""
+    w, h = size
+    h_bar, w_bar = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(h * w / max_pixels)
+        h_bar, w_bar = math.floor(h / beta / factor) * factor, math.floor(w / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (h * w))
+        h_bar, w_bar = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
+    return w_bar, h_bar
 
 
 def sent_size(size: tuple[int, int], max_side: int, multiple_of: int | None = None) -> tuple[int, int]:
@@ -70,11 +97,14 @@ def sent_size(size: tuple[int, int], max_side: int, multiple_of: int | None = No
     return nw, nh
 
 
-def prepare_image(image: Image.Image | str | Path, max_side: int = 1000, multiple_of: int | None = None) -> SentImage:
-    """Resize (never enlarge past max_side), encode as a JPEG data URL and keep the scale."""
+def prepare_image(image: Image.Image | str | Path, max_side: int = 1000, multiple_of: int | None = None,
+                  frame: Callable[[tuple[int, int]], tuple[int, int]] | None = None) -> SentImage:
+    """Resize (never enlarge past max_side, then into a model's own frame), encode as JPEG and keep the scale."""
     im = image if isinstance(image, Image.Image) else open_image(image)
     im = im.convert("RGB")
     target = sent_size(im.size, max_side, multiple_of)
+    if frame is not None:
+        target = frame(target)
     resized = im.resize(target, Image.Resampling.BICUBIC) if target != im.size else im
     buf = io.BytesIO()
     resized.save(buf, format="JPEG", quality=90)

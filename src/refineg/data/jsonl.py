@@ -12,7 +12,7 @@ from ..errors import DataError
 from ..types import Box, Entity, Prediction, Sample
 
 _SAMPLE_KEYS = {"id", "tokens", "image", "entities", "width", "height", "text"}
-_PRED_KEYS = {"id", "tokens", "image", "entities", "missing_score", "delegated"}
+_PRED_KEYS = {"id", "tokens", "image", "entities", "missing_score", "delegated", "maybe_missing"}
 _SOURCES = {"gold", "tagger", "mllm", "synthetic"}
 
 
@@ -132,6 +132,7 @@ def read_predictions(path: str | Path) -> list[Prediction]:
         out.append(Prediction(
             id=sid, entities=ents, tokens=tokens, image=obj.get("image"),
             missing_score=obj.get("missing_score"), delegated=bool(obj.get("delegated", False)),
+            maybe_missing=bool(obj.get("maybe_missing", False)),
             meta={k: v for k, v in obj.items() if k not in _PRED_KEYS},
         ))
     return out
@@ -174,6 +175,8 @@ def prediction_dict(p: Prediction) -> dict:
     if p.missing_score is not None:
         d["missing_score"] = round(p.missing_score, 6)
     d["delegated"] = p.delegated
+    if p.maybe_missing:
+        d["maybe_missing"] = True
     d.update(p.meta)
     return d
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 COUNTERS = ("requests", "retries", "prompt_tokens", "completion_tokens", "cache_hits", "cache_misses",
-            "reasks", "fallbacks", "failures")
+            "reasks", "truncated", "empty", "fallbacks", "failures")
 
 
 class Usage:

@@ -24,12 +24,13 @@ from ..errors import ConfigError, LLMError, ParseError
 from .accounting import Usage
 from .cache import ReplyCache, cache_key
 from .embedded import EmbeddedServer
+from .families import resolve
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-REASK = ("Your last answer could not be used: {error}. Answer again. End your answer with exactly one "
-         "JSON object of the required form and nothing after it.")
+REASK = ("Your last answer could not be used: {error}. Answer again, in the form the first message asked for, "
+         "and put nothing after the answer.")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,14 @@ class LLMResult(Generic[T]):
 class _Reply:
     text: str
     from_cache: bool
+    finish: str | None = None
+
+    @property
+    def incomplete(self) -> str | None:
+        """'truncated' (cut at max_tokens) or 'empty' (no content, e.g. all reasoning), else None."""
+        if self.finish == "length":
+            return "truncated"
+        return None if self.text.strip() else "empty"
 
 
 @dataclass
@@ -84,12 +93,15 @@ class LLMClient:
         cfg = self.config
         self._embedded: EmbeddedServer | None = None
         if cfg.gguf is not None:
-            self._embedded = EmbeddedServer(cfg.gguf, cfg.mmproj, cfg.gguf_ctx, cfg.gguf_threads, min(cfg.concurrency, 4))
+            log_dir = None if cfg.verbose else (cfg.cache_dir or default_cache_dir())
+            self._embedded = EmbeddedServer(cfg.gguf, cfg.mmproj, cfg.gguf_ctx, cfg.gguf_threads, min(cfg.concurrency, 4),
+                                            log_dir=log_dir)
             self.base_url, self.model = self._embedded.base_url, cfg.model or self._embedded.model
         elif cfg.base_url and cfg.model:
             self.base_url, self.model = cfg.base_url, cfg.model
         else:
             raise ConfigError("no LLM configured: give --llm-base-url and --llm-model, or --llm-gguf")
+        self.dialect = resolve(cfg.box_format, self.model)
         folder = (cfg.cache_dir or default_cache_dir()) / "llm" if cfg.cache else None
         self.cache = ReplyCache(folder)
         self.images: dict[str, SentImage] = {}
@@ -108,9 +120,12 @@ class LLMClient:
 
     # ---- public API -------------------------------------------------------------------------
 
-    def run(self, requests: Sequence[LLMRequest], parse: Callable[[str], T], desc: str = "LLM") -> list[LLMResult[T]]:
-        """Results for every request, in order, with at most ``concurrency`` requests in flight."""
-        return asyncio.run(self._run(list(requests), parse, desc))
+    def run(self, requests: Sequence[LLMRequest], parse: Callable[[str], T] | Sequence[Callable[[str], T]],
+            desc: str = "LLM") -> list[LLMResult[T]]:
+        """Results for every request, in order, with at most ``concurrency`` requests in flight.
+        ``parse`` is one function for all requests, or one per request."""
+        parses = list(parse) if isinstance(parse, (list, tuple)) else [parse] * len(requests)
+        return asyncio.run(self._run(list(requests), parses, desc))
 
     def ask(self, request: LLMRequest, parse: Callable[[str], T]) -> LLMResult[T]:
         """The result of one request."""
@@ -118,7 +133,7 @@ class LLMClient:
 
     def image(self, image) -> SentImage:
         """An image (path or PIL image) resized as configured, remembered by content hash for mapping boxes back."""
-        sent = prepare_image(image, self.config.image_max_side, self.config.image_multiple_of)
+        sent = prepare_image(image, self.config.image_max_side, self.config.image_multiple_of, self.dialect.family.frame)
         self.images[sent.sha256] = replace(sent, data_url="")  # the sizes, not the pixels, for mapping back
         return sent
 
@@ -128,7 +143,7 @@ class LLMClient:
 
     # ---- internals --------------------------------------------------------------------------
 
-    async def _run(self, requests: list[LLMRequest], parse: Callable[[str], T], desc: str) -> list[LLMResult[T]]:
+    async def _run(self, requests: list[LLMRequest], parses: list[Callable[[str], T]], desc: str) -> list[LLMResult[T]]:
         self._sem = asyncio.Semaphore(self.config.concurrency)
         # Retries are ours (counted, with jitter); the library's own are switched off.
         async with openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key() or "not-needed",
@@ -136,62 +151,77 @@ class LLMClient:
             self._client = client
             bar = tqdm(total=len(requests), desc=desc, disable=not self.show_progress or len(requests) < 2, leave=False)
 
-            async def one(req: LLMRequest) -> LLMResult[T]:
+            async def one(req: LLMRequest, parse: Callable[[str], T]) -> LLMResult[T]:
                 try:
                     return await self._call(req, parse)
                 finally:
                     bar.update(1)
 
             try:
-                return list(await asyncio.gather(*(one(r) for r in requests)))
+                return list(await asyncio.gather(*(one(r, p) for r, p in zip(requests, parses))))
             finally:
                 bar.close()
 
     async def _call(self, req: LLMRequest, parse: Callable[[str], T]) -> LLMResult[T]:
+        """Ask; a truncated or empty reply is asked again once with twice the tokens, an unparsable one
+        once with the error shown. What still fails is a fallback counted under its own reason."""
         messages = list(req.messages)
-        error = None
-        for attempt in range(2):
+        max_tokens = self.config.tokens_for(req.stage)
+        grown = reasked = False
+        while True:
             try:
-                reply = await self._ask(req, messages)
+                reply = await self._ask(req, messages, max_tokens)
             except LLMError as exc:
-                self.usage.fallback(req.stage, "transport")
-                self.usage.add(req.stage, failures=1)
-                log.warning("%s %s: giving up: %s", req.stage, req.key, exc)
-                return LLMResult(None, exc.last_reply, "transport", str(exc), exception=exc)
+                return self._fallback(req, "transport", exc, exc.last_reply)
+            problem = reply.incomplete
+            if problem:
+                self.usage.add(req.stage, **{problem: 1})
+                if not grown:
+                    grown, max_tokens = True, max_tokens * 2
+                    continue
             try:
                 return LLMResult(parse(reply.text), reply.text, from_cache=reply.from_cache)
             except ParseError as exc:
-                error, parse_exc = str(exc), exc
-                if attempt == 0:
-                    self.usage.add(req.stage, reasks=1)
-                    messages += [{"role": "assistant", "content": reply.text},
-                                 {"role": "user", "content": REASK.format(error=error)}]
-        self.usage.fallback(req.stage, "parse")
-        log.warning("%s %s: unparsable after a re-ask: %s", req.stage, req.key, error)
-        return LLMResult(None, reply.text, "parse", error, exception=parse_exc)
+                if problem:
+                    return self._fallback(req, problem, exc, reply.text)
+                if reasked:
+                    return self._fallback(req, "parse", exc, reply.text)
+                reasked = True
+                self.usage.add(req.stage, reasks=1)
+                messages += [{"role": "assistant", "content": reply.text},
+                             {"role": "user", "content": REASK.format(error=str(exc))}]
 
-    def _params(self, req: LLMRequest) -> dict[str, Any]:
-        params: dict[str, Any] = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
+    def _fallback(self, req: LLMRequest, reason: str, exc: Exception, raw: str | None) -> LLMResult:
+        self.usage.fallback(req.stage, reason)
+        if reason == "transport":
+            self.usage.add(req.stage, failures=1)
+        log.warning("%s %s: %s fallback: %s", req.stage, req.key, reason, exc)
+        return LLMResult(None, raw, reason, str(exc), exception=exc)
+
+    def _params(self, req: LLMRequest, max_tokens: int) -> dict[str, Any]:
+        params: dict[str, Any] = {"temperature": self.config.temperature, "max_tokens": max_tokens}
         if req.schema is not None and self.config.json_schema:
             params["response_format"] = {"type": "json_schema", "json_schema": {"name": req.template, "schema": req.schema}}
         return params
 
-    async def _ask(self, req: LLMRequest, messages: list[dict]) -> _Reply:
-        params = self._params(req)
-        key = cache_key(self.model, messages, params, req.template, req.version)
+    async def _ask(self, req: LLMRequest, messages: list[dict], max_tokens: int) -> _Reply:
+        params = self._params(req, max_tokens)
+        key = cache_key(self.model, messages, params, req.template, req.version, self.base_url)
         hit = self.cache.get(key)
         if hit is not None:
             self.usage.add(req.stage, cache_hits=1)
-            return _Reply(hit["text"], True)
+            return _Reply(hit["text"], True, hit.get("finish"))
         if self.cache.folder is not None:
             self.usage.add(req.stage, cache_misses=1)
-        text, usage = await self._post(req.stage, messages, params)
+        text, usage, finish = await self._post(req.stage, messages, params)
         self.usage.add(req.stage, **usage)
-        self.cache.set(key, {"text": text, "usage": usage})
-        return _Reply(text, False)
+        reply = _Reply(text, False, finish)
+        if reply.incomplete is None:  # a cut or empty reply is never cached: a rerun asks again
+            self.cache.set(key, {"text": text, "usage": usage, "finish": finish})
+        return reply
 
-    async def _post(self, stage: str, messages: list[dict], params: dict) -> tuple[str, dict]:
-        """The reply text and token usage, retrying 429, 5xx, timeouts and connection errors."""
+    async def _post(self, stage: str, messages: list[dict], params: dict) -> tuple[str, dict, str | None]:
+        """The reply text, token usage and finish reason, retrying 429, 5xx, timeouts and connection errors."""
         cfg = self.config
         last = None
         for attempt in range(1, cfg.max_retries + 2):
@@ -199,7 +229,8 @@ class LLMClient:
                 async with self._sem:
                     self.usage.add(stage, requests=1)
                     resp = await self._client.chat.completions.create(model=self.model, messages=messages, **params)
-                return _reply_text(resp), _usage(resp)
+                text, finish = _reply_text(resp)
+                return text, _usage(resp), finish
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError) as exc:
                 last = _describe(exc)
             except openai.APIStatusError as exc:
@@ -219,14 +250,19 @@ def image_part(sent: SentImage) -> dict:
     return {"type": "image_url", "image_url": {"url": sent.data_url}}
 
 
-def _reply_text(resp: Any) -> str:
+def _reply_text(resp: Any) -> tuple[str, str | None]:
+    """The content and finish reason; null content (a reasoning model that spent its tokens thinking) is ''."""
     try:
-        text = resp.choices[0].message.content
+        choice = resp.choices[0]
+        message = choice.message
     except (AttributeError, IndexError, TypeError):
         raise ValueError("no choices[0].message in the response") from None
-    if text is None:
-        raise ValueError("the response has no message content")
-    return text
+    if message is None:
+        raise ValueError("no choices[0].message in the response")
+    text = message.content
+    if text is not None and not isinstance(text, str):
+        raise ValueError("the message content is not text")
+    return text or "", getattr(choice, "finish_reason", None)
 
 
 def _usage(resp: Any) -> dict[str, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from pydantic import BaseModel, Field
 
@@ -31,7 +32,26 @@ class RefineAnswer(BaseModel):
     entities: list[RefinedEntity]
 
 
-SCHEMA = RefineAnswer.model_json_schema()
+TASK_CHECK = "For each UNCERTAIN entity decide whether it is a real entity of one of the types above, whether its " \
+             "boundaries are right (add or remove words) and whether its type is right."
+TASK_MISSING = "The tagger may also have MISSED an entity in this post: look for one, and add it only if you are sure."
+REASONING_CHARS = 1200  # room for a few sentences per entity, and a bound on a model that loops
+
+
+def schema(types: Sequence[str], max_items: int) -> dict:
+    """The answer schema: a leading free-text reasoning field (so that constrained decoding still thinks
+    first), then at most max_items entities whose type is one of ours."""
+    return {
+        "type": "object",
+        "properties": {
+            "reasoning": {"type": "string", "maxLength": REASONING_CHARS},
+            "entities": {"type": "array", "maxItems": max_items, "items": {
+                "type": "object",
+                "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 200}, "type": {"enum": list(types)}},
+                "required": ["text", "type"]}},
+        },
+        "required": ["reasoning", "entities"],
+    }
 
 
 def needs_refinement(pred: Prediction) -> bool:
@@ -41,21 +61,31 @@ def needs_refinement(pred: Prediction) -> bool:
 
 def build_request(sample: Sample, pred: Prediction, typeset: TypeSet, image: SentImage | None = None,
                   template: Template | None = None) -> LLMRequest:
-    """One chain-of-thought request for a sample's uncertain entities."""
+    """One chain-of-thought request for a sample's uncertain entities (and missed ones, if the gate flagged it)."""
     template = template or Template.load(TEMPLATE)
     lines = []
     for e in pred.entities:
         mark = "UNCERTAIN" if e.decision == "delegate" else "KEPT"
         score = f", tagger confidence {e.score:.2f}" if e.score is not None else ""
         lines.append(f"- {mark}: \"{e.text}\" ({e.type}{score})")
-    missing = ("\nThe tagger may also have MISSED an entity in this post: look for one.\n"
-               if not any(e.decision == "delegate" for e in pred.entities) else "")
+    n_uncertain = sum(1 for e in pred.entities if e.decision == "delegate")
+    missing = _asks_for_additions(pred)
+    task = "\n".join(t for t, on in ((TASK_CHECK, n_uncertain > 0), (TASK_MISSING, missing)) if on)
     prompt = template.text.format(domain=typeset.domain, types=typeset.describe(), text=sample.text,
-                                  entities="\n".join(lines) or "- (none)", missing=missing)
+                                  entities="\n".join(lines) or "- (none)", task=task,
+                                  added=" and any missed entity you add" if missing else "",
+                                  type_names=", ".join(typeset.names))
     content: list[dict] = [{"type": "text", "text": prompt}]
     if image is not None:
         content.insert(0, image_part(image))
-    return LLMRequest("refinement", template.name, template.version, [{"role": "user", "content": content}], SCHEMA, sample.id)
+    max_items = max(1, n_uncertain) + (3 if missing else 1)  # a boundary fix may split one entity into two
+    return LLMRequest("refinement", template.name, template.version, [{"role": "user", "content": content}],
+                      schema(typeset.names, max_items), sample.id)
+
+
+def _asks_for_additions(pred: Prediction) -> bool:
+    # Predictions written before the flag existed carry only `delegated`: no uncertain entity means flagged.
+    return pred.maybe_missing or (pred.delegated and not any(e.decision == "delegate" for e in pred.entities))
 
 
 def parse(text: str) -> list[RefinedEntity]:
@@ -88,6 +118,8 @@ def merge(sample: Sample, pred: Prediction, refined: list[RefinedEntity], types:
     taken = {i for e in kept for i in range(e.start, e.end)}
     added: list[Entity] = []
     by_lower = {t.lower(): t for t in types}
+    may_add = _asks_for_additions(pred)
+    uncertain = {i for (s, e) in delegated for i in range(s, e)}
     for r in refined:
         etype = r.type if r.type in types else by_lower.get(r.type.lower())
         if etype is None:
@@ -101,6 +133,11 @@ def merge(sample: Sample, pred: Prediction, refined: list[RefinedEntity], types:
         if not free:
             counts["rejected_overlaps"] += 1
             continue
+        if not may_add:  # not asked for additions: only corrections of an uncertain entity count
+            free = [sp for sp in free if uncertain.intersection(range(*sp))]
+            if not free:
+                counts["rejected_addition_not_asked"] += 1
+                continue
         for start, end in free:
             old = delegated.get((start, end))
             same = old is not None and old.type == etype
