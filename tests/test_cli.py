@@ -34,10 +34,10 @@ def test_stats_json(twitter_dev):
     assert figures["samples"] == 1500 and figures["entities"] == 2450 and figures["groundable_entities"] == 991
 
 
-def test_llm_check_counts_retries_and_reruns_from_the_cache(tmp_path):
+def test_llm_check_counts_retries_and_always_talks_to_the_live_endpoint(tmp_path):
     from refineg.testing.fake_openai import FakeOpenAIServer, Reply
 
-    script = [Reply(status=429), Reply(status=500), Reply('{"answer": "pong"}')]
+    script = [Reply(status=429), Reply(status=500), Reply('{"answer": "pong"}'), Reply('{"answer": "pong"}')]
     with FakeOpenAIServer(script) as srv:
         args = ["llm-check", "--llm-base-url", srv.base_url, "--llm-model", "m", "--cache-dir", tmp_path, "--json"]
         first = _run(*args)
@@ -45,8 +45,13 @@ def test_llm_check_counts_retries_and_reruns_from_the_cache(tmp_path):
         report = json.loads(first.stdout)
         assert report["usage"]["requests"] == 3 and report["usage"]["retries"] == 2 and report["json_valid"]
         second = json.loads(_run(*args).stdout)
-        assert second["usage"]["requests"] == 0 and second["usage"]["cache_hits"] == 1 and second["from_cache"]
-        assert len(srv.requests) == 3
+        assert second["usage"]["requests"] == 1 and second["usage"]["cache_hits"] == 0
+        assert len(srv.requests) == 4
+        url = srv.base_url
+    assert not any(tmp_path.rglob("*.db")), "llm-check wrote a cache"
+    # the server is gone: the check fails, whatever it answered before
+    gone = _run("llm-check", "--llm-base-url", url, "--llm-model", "m", "--cache-dir", tmp_path, "--llm-retries", "0")
+    assert gone.returncode == 1 and "reachable:    NO" in gone.stdout
 
 
 def test_llm_check_without_an_llm_is_a_clear_error(tmp_path):

@@ -14,7 +14,7 @@ from PIL import Image
 from refineg.config import LLMConfig, RunConfig
 from refineg.data import save_samples
 from refineg.errors import DataError
-from refineg.pipeline import run_pipeline
+from refineg.pipeline import RunOptions, run_pipeline
 from refineg.testing.fake_openai import FakeOpenAIServer, Reply
 
 REFINEG = str(Path(sys.executable).parent / "refineg")
@@ -47,7 +47,7 @@ def _llm(srv, tmp_path) -> RunConfig:
 
 def test_without_an_llm_the_tagger_and_gate_run_alone(tiny_model, data_dir):
     model, _, dev = tiny_model
-    summary = run_pipeline(model, data_dir / "dev.jsonl", data_dir / "p.jsonl", RunConfig(), progress=False)
+    summary = run_pipeline(model, data_dir / "dev.jsonl", data_dir / "p.jsonl", RunConfig(), RunOptions(progress=False))
     lines = [json.loads(l) for l in (data_dir / "p.jsonl").read_text().splitlines()]
     assert [l["id"] for l in lines] == [s.id for s in dev]
     assert all(e["boxes"] == [] and e["decision"] == "keep" for l in lines for e in l["entities"])
@@ -59,7 +59,7 @@ def test_scripted_mllm_refines_grounds_and_counts_missing_images(tiny_model, dat
     model, _, dev = tiny_model
     with FakeOpenAIServer(default=scripted) as srv:
         summary = run_pipeline(model, data_dir / "dev.jsonl", data_dir / "p.jsonl", _llm(srv, data_dir),
-                               images=data_dir / "images", progress=False)
+                               RunOptions(images=(data_dir / "images",), progress=False, allow_missing_images=True))
     lines = {l["id"]: l for l in map(json.loads, (data_dir / "p.jsonl").read_text().splitlines())}
     assert len(lines) == len(dev)
     assert summary["counts"]["missing_or_corrupt_image"] == 1
@@ -77,7 +77,7 @@ def test_strict_makes_a_missing_image_an_error(tiny_model, data_dir):
     with FakeOpenAIServer(default=scripted) as srv:
         with pytest.raises(DataError, match="not found"):
             run_pipeline(model, data_dir / "dev.jsonl", data_dir / "p.jsonl", _llm(srv, data_dir),
-                         images=data_dir / "images", strict=True, progress=False)
+                         RunOptions(images=(data_dir / "images",), strict=True, allow_missing_images=True, progress=False))
 
 
 def _entities(path: Path) -> dict:
@@ -115,7 +115,8 @@ def test_grounding_requests_carry_k_demos_from_the_pool_never_the_sample_itself(
     model, _, dev = tiny_model
     with FakeOpenAIServer(default=scripted) as srv:
         summary = run_pipeline(model, data_dir / "dev.jsonl", data_dir / "p.jsonl", _llm(srv, data_dir),
-                               images=data_dir / "images", demos=data_dir / "dev.jsonl", progress=False)
+                               RunOptions(images=(data_dir / "images",), demos=data_dir / "dev.jsonl", progress=False,
+                                          allow_missing_images=True))
         grounding = [r for r in srv.requests if "Ground exactly" in json.dumps(r)]
     assert grounding
     assert any(f"demo pool: {len(dev) - 1} of {len(dev)}" in n for n in summary["notes"])

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import RefinegError
+from .errors import ConfigError, RefinegError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Low-resource grounded multimodal NER (ReFineG).")
@@ -110,15 +110,23 @@ LLM_RETRIES = typer.Option(None, "--llm-retries", help="Retries after 429, 5xx, 
 NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write the LLM reply cache.")
 CACHE_DIR = typer.Option(None, "--cache-dir", help="Cache folder (env REFINEG_CACHE_DIR, default ~/.cache/refineg).")
 NO_JSON_SCHEMA = typer.Option(False, "--no-json-schema", help="The backend does not take response_format JSON schemas.")
+BOX_FORMAT = typer.Option(None, "--llm-box-format", help="auto (from the model name), a convention (pixels, norm1000, "
+                          "norm1000-yx, norm1) or a family (qwen2.5-vl, qwen2-vl, qwen3-vl, internvl, glm-4v, "
+                          "deepseek-vl2, gemini, gpt-4o, claude, minicpm-v, kimi-vl, cogvlm).")
+VERBOSE = typer.Option(False, "--verbose", help="Show the embedded llama.cpp server's log (default: a file in the cache folder).")
+IMAGES = typer.Option(None, "--images", help="Image folder; repeatable (e.g. twitter2015_images and twitter2017_images).")
+ALLOW_MISSING = typer.Option(False, "--allow-missing-images", help="Go on when more than 5% of the samples' images are missing.")
 
 
-def run_config(config, base_url, model, gguf, mmproj, concurrency, timeout, retries, no_cache, cache_dir, no_json_schema):
+def run_config(config, base_url, model, gguf, mmproj, concurrency, timeout, retries, no_cache, cache_dir, no_json_schema,
+               box_format=None, verbose=False):
     """The run config from the file, the environment and the LLM options."""
     from .config import load_config
 
     llm = {"base_url": base_url, "model": model, "gguf": gguf, "mmproj": mmproj, "concurrency": concurrency,
            "timeout": timeout, "max_retries": retries, "cache_dir": cache_dir,
-           "cache": False if no_cache else None, "json_schema": False if no_json_schema else None}
+           "cache": False if no_cache else None, "json_schema": False if no_json_schema else None,
+           "box_format": box_format, "verbose": True if verbose else None}
     return load_config(config, {"llm": llm})
 
 
@@ -127,34 +135,56 @@ def llm_check(
     config: Optional[Path] = CONFIG, llm_base_url: Optional[str] = LLM_BASE_URL, llm_model: Optional[str] = LLM_MODEL,
     llm_gguf: Optional[Path] = LLM_GGUF, llm_mmproj: Optional[Path] = LLM_MMPROJ,
     llm_concurrency: Optional[int] = LLM_CONCURRENCY, llm_timeout: Optional[float] = LLM_TIMEOUT,
-    llm_retries: Optional[int] = LLM_RETRIES, no_cache: bool = NO_CACHE, cache_dir: Optional[Path] = CACHE_DIR,
-    no_json_schema: bool = NO_JSON_SCHEMA,
+    llm_retries: Optional[int] = LLM_RETRIES, cache_dir: Optional[Path] = CACHE_DIR,
+    no_json_schema: bool = NO_JSON_SCHEMA, llm_box_format: Optional[str] = BOX_FORMAT, verbose: bool = VERBOSE,
+    images: bool = typer.Option(False, "--images", help="Also send K+1 images and a grounding probe: does the endpoint "
+                                "take that many images, and which box convention does its answer fit?"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Send one tiny request: print the model, latency, JSON-schema output, retries and cache use."""
-    from .config import ConfigError
-    from .llm import check
+    """Talk to the live endpoint (never the cache): model, latency, JSON-schema output; with --images, grounding."""
+    from .llm.probe import check
 
     cfg = run_config(config, llm_base_url, llm_model, llm_gguf, llm_mmproj, llm_concurrency, llm_timeout,
-                     llm_retries, no_cache, cache_dir, no_json_schema)
+                     llm_retries, True, cache_dir, no_json_schema, llm_box_format, verbose)
     if not cfg.llm.configured:
         raise ConfigError("no LLM configured: give --llm-base-url and --llm-model, or --llm-gguf (or the REFINEG_LLM_* variables)")
-    report = check(cfg.llm)
+    report = check(cfg.llm, cfg.ground.k + 1 if images else 0)
+    probe = report.get("probe")
     if as_json:
         print(json.dumps(report))
     else:
-        u = report["usage"]
-        out.print(f"model:        {report['model']}  ({report['base_url']})")
-        out.print(f"reachable:    {'yes' if report['ok'] else 'no'}")
-        out.print(f"latency:      {report['latency_s']:.3f} s{'  (served from cache)' if report['from_cache'] else ''}")
-        out.print(f"json schema:  {'requested' if report['json_schema_requested'] else 'not requested'}, "
-                  f"answer {'valid' if report['json_valid'] else 'NOT valid'}")
-        out.print(f"requests:     {u['requests']}  retries: {u['retries']}  re-asks: {u['reasks']}  "
-                  f"cache hits: {u['cache_hits']}  fallbacks: {u['fallbacks']}")
-        if report["error"]:
-            out.print(f"error:        {report['error']}")
-    if not report["ok"]:
+        _print_check(report)
+    if not report["ok"] or (probe is not None and not (probe["images_accepted"] and probe["matches"])):
         raise typer.Exit(1)
+
+
+def _print_check(report: dict) -> None:
+    u = report["usage"]
+    out.print(f"model:        {report['model']}  ({report['base_url']})")
+    out.print(f"reachable:    {'yes' if report['ok'] else 'NO'}")
+    out.print(f"latency:      {report['latency_s']:.3f} s")
+    out.print(f"json schema:  {'requested' if report['json_schema_requested'] else 'not requested'}, "
+              f"answer {'valid' if report['json_valid'] else 'NOT valid'}")
+    out.print(f"box format:   {report['box_format_note']}")
+    out.print(f"requests:     {u['requests']}  retries: {u['retries']}  re-asks: {u['reasks']}  fallbacks: {u['fallbacks']}")
+    if report["error"]:
+        out.print(f"error:        {report['error']}")
+    probe = report.get("probe")
+    if probe is None:
+        return
+    n = probe["images_sent"]
+    out.print(f"images:       {n} in one request " + ("accepted" if probe["images_accepted"] else
+              f"REFUSED ({probe.get('images_error')}); raise the endpoint's images-per-prompt limit "
+              f"(vLLM: --limit-mm-per-prompt) or lower [ground] k"))
+    ious = ", ".join(f"{k} {v:.2f}" for k, v in probe.get("iou", {}).items())
+    if probe.get("detected") is None:
+        out.print(f"grounding:    the answer put no box on the probe's red square (IoU {ious or 'none'}): "
+                  "this model cannot ground through refineg as configured")
+    elif probe["matches"]:
+        out.print(f"grounding:    the answer fits {probe['detected']}, as expected (IoU {ious})")
+    else:
+        out.print(f"grounding:    the answer fits {probe['detected']}, NOT the configured {report['box_format']} "
+                  f"(IoU {ious}): rerun with --llm-box-format {probe['detected']}")
 
 
 # ---- stage 1b + 2a: the tagger and its gate ------------------------------------------------------
@@ -258,7 +288,6 @@ def synthesize(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Synthesize validated training sentences from labelled seeds (LLM, or offline mention replacement)."""
-    from .config import ConfigError
     from .data import load_samples, read_ids
     from .data.jsonl import write_jsonl
     from .synth import synthesize as run_synthesis
@@ -297,37 +326,86 @@ def run(
     model: Path = typer.Option(..., "--model", help="MODEL_DIR from `refineg train`."),
     data: Path = typer.Option(..., "--data", help="Data to process (any supported input)."),
     out_path: Path = typer.Option(..., "--out", help="Predictions (canonical JSONL), streamed; a rerun resumes."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image folder of the data (and of the demos)."),
+    images: Optional[list[Path]] = IMAGES,
     demos: Optional[Path] = typer.Option(None, "--demos", help="Labelled pool of grounding demonstrations (e.g. train)."),
     demo_ids: Optional[Path] = typer.Option(None, "--demo-ids", help="Keep only these demo ids."),
     clip: Optional[str] = typer.Option(None, "--clip", help="CLIP model name or path for image similarity."),
     types: Optional[str] = typer.Option(None, "--types", help="Type descriptions for the prompts: twitter, ccks or a TOML file."),
     strict: bool = typer.Option(False, "--strict", help="A missing or corrupt image is an error, not a warning."),
+    allow_missing_images: bool = ALLOW_MISSING,
     config: Optional[Path] = CONFIG, llm_base_url: Optional[str] = LLM_BASE_URL, llm_model: Optional[str] = LLM_MODEL,
     llm_gguf: Optional[Path] = LLM_GGUF, llm_mmproj: Optional[Path] = LLM_MMPROJ,
     llm_concurrency: Optional[int] = LLM_CONCURRENCY, llm_timeout: Optional[float] = LLM_TIMEOUT,
     llm_retries: Optional[int] = LLM_RETRIES, no_cache: bool = NO_CACHE, cache_dir: Optional[Path] = CACHE_DIR,
-    no_json_schema: bool = NO_JSON_SCHEMA,
+    no_json_schema: bool = NO_JSON_SCHEMA, llm_box_format: Optional[str] = BOX_FORMAT, verbose: bool = VERBOSE,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Tag, gate, refine (MLLM), select demos, ground (MLLM) and write predictions; resumable."""
-    from .data import read_ids
     from .pipeline import run_pipeline
 
     cfg = run_config(config, llm_base_url, llm_model, llm_gguf, llm_mmproj, llm_concurrency, llm_timeout,
-                     llm_retries, no_cache, cache_dir, no_json_schema)
+                     llm_retries, no_cache, cache_dir, no_json_schema, llm_box_format, verbose)
     if types:
         cfg = cfg.model_copy(update={"synth": cfg.synth.model_copy(update={"typeset": types})})
-    summary = run_pipeline(model, data, out_path, cfg, images, demos, read_ids(demo_ids) if demo_ids else None, clip,
-                           strict, progress=not quiet)
-    out.print(f"{summary['processed']} samples processed ({summary['resumed_done']} already done) -> {out_path}")
+    options = _run_options(images, demos, demo_ids, clip, strict, allow_missing_images, quiet)
+    summary = run_pipeline(model, data, out_path, cfg, options)
     out.print(f"entities: {summary['tagger_entities']} from the tagger, {summary['kept_entities']} kept, "
               f"{summary['delegated_entities']} delegated; {summary['samples_sent_to_refinement']} samples refined")
+    _print_run(summary, out_path)
+
+
+@app.command()
+def ground(
+    data: Path = typer.Option(..., "--data", help="Samples whose entities to ground (any supported input); their boxes are ignored."),
+    out_path: Path = typer.Option(..., "--out", help="Grounded predictions (canonical JSONL), streamed; a rerun resumes."),
+    images: Optional[list[Path]] = IMAGES,
+    demos: Optional[Path] = typer.Option(None, "--demos", help="Labelled pool of grounding demonstrations (e.g. train)."),
+    demo_ids: Optional[Path] = typer.Option(None, "--demo-ids", help="Keep only these demo ids."),
+    clip: Optional[str] = typer.Option(None, "--clip", help="CLIP model name or path for image similarity."),
+    types: Optional[str] = typer.Option(None, "--types", help="Type descriptions for the prompt: twitter, ccks or a TOML file."),
+    strict: bool = typer.Option(False, "--strict", help="A missing or corrupt image is an error, not a warning."),
+    allow_missing_images: bool = ALLOW_MISSING,
+    config: Optional[Path] = CONFIG, llm_base_url: Optional[str] = LLM_BASE_URL, llm_model: Optional[str] = LLM_MODEL,
+    llm_gguf: Optional[Path] = LLM_GGUF, llm_mmproj: Optional[Path] = LLM_MMPROJ,
+    llm_concurrency: Optional[int] = LLM_CONCURRENCY, llm_timeout: Optional[float] = LLM_TIMEOUT,
+    llm_retries: Optional[int] = LLM_RETRIES, no_cache: bool = NO_CACHE, cache_dir: Optional[Path] = CACHE_DIR,
+    no_json_schema: bool = NO_JSON_SCHEMA, llm_box_format: Optional[str] = BOX_FORMAT, verbose: bool = VERBOSE,
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Ground the entities DATA already has (the EEG setting): every sample gets a row with boxes."""
+    from .pipeline import ground_file
+
+    cfg = run_config(config, llm_base_url, llm_model, llm_gguf, llm_mmproj, llm_concurrency, llm_timeout,
+                     llm_retries, no_cache, cache_dir, no_json_schema, llm_box_format, verbose)
+    if types:
+        cfg = cfg.model_copy(update={"synth": cfg.synth.model_copy(update={"typeset": types})})
+    summary = ground_file(data, out_path, cfg, _run_options(images, demos, demo_ids, clip, strict, allow_missing_images, quiet))
+    _print_run(summary, out_path)
+
+
+def _run_options(images, demos, demo_ids, clip, strict, allow_missing_images, quiet):
+    from .data import read_ids
+    from .pipeline import RunOptions
+
+    return RunOptions(images=tuple(images or ()), demos=demos, demo_ids=tuple(read_ids(demo_ids)) if demo_ids else None,
+                      clip=clip, strict=strict, allow_missing_images=allow_missing_images, progress=not quiet)
+
+
+def _print_run(summary: dict, out_path: Path) -> None:
+    """The end of a run: counts and notes; exit 1 when every LLM call failed."""
+    out.print(f"{summary['processed']} samples processed ({summary['resumed_done']} already done) -> {out_path}")
     for key, val in summary["counts"].items():
         out.print(f"  {key}: {val}")
     for note in summary["notes"]:
         out.print(f"note: {note}")
+    if summary["rows_marked_retry"]:
+        out.print(f"{summary['rows_marked_retry']} row(s) marked for a retry: rerun the same command to redo them")
     out.print(f"summary: {out_path}.summary.json")
+    calls = summary["llm_calls"]
+    if calls["attempted"] and calls["failed_transport"] == calls["attempted"]:
+        err.print(f"refineg: error: all {calls['attempted']} LLM calls failed (see the warnings above); "
+                  "every row was written without LLM work and is marked for a retry")
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -19,7 +19,7 @@ from .data.jsonl import write_jsonl
 from .errors import DataError
 from .eval.metrics import score
 from .gate import gate_figures, GateCalibration
-from .pipeline import run_pipeline, train_model
+from .pipeline import RunOptions, run_pipeline, train_model
 from .report import build_report
 from .types import Sample
 
@@ -88,8 +88,9 @@ def run_demo(out: Path, cfg: RunConfig, progress: bool = True) -> dict:
         pred_file.unlink(missing_ok=True)  # predictions of an older model must not be resumed
     pool_file = out / "demo-pool.jsonl"
     write_jsonl(data.train, pool_file)
-    summary = run_pipeline(model_dir, run_file, pred_file, cfg, images=data.images,
-                           demos=pool_file if cfg.llm.configured else None, progress=progress)
+    options = RunOptions(images=(data.images,) if data.images else (), demos=pool_file if cfg.llm.configured else None,
+                         progress=progress)
+    summary = run_pipeline(model_dir, run_file, pred_file, cfg, options)
     from .data import read_predictions
 
     preds = read_predictions(pred_file)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -99,21 +100,48 @@ def predict_file(model_dir: str | Path, data: str | Path, out: str | Path, cfg: 
 # ---- the full run: tag, gate, refine, select demos, ground, write (resumable) --------------------
 
 
-def done_ids(out: Path) -> set[str]:
-    """Ids already written to out; a half-written last line (a killed run) is cut off first."""
+RETRY = "retry"  # the status of a row whose LLM work did not happen; a rerun re-does it
+MISSING_IMAGES_LIMIT = 0.05
+
+
+def _row_status(line: str) -> tuple[str, str | None]:
+    obj = json.loads(line)
+    return str(obj["id"]), obj.get("status")
+
+
+def done_ids(out: Path, llm_configured: bool = True) -> set[str]:
+    """Ids already final in out. A half-written last line (a killed run) is cut off, and rows marked for
+    a retry are removed when an LLM is configured, so that this run re-does exactly those."""
     if not out.is_file():
         return set()
     raw = out.read_bytes()
     if raw and not raw.endswith(b"\n"):
-        out.write_bytes(raw[: raw.rfind(b"\n") + 1])
-    ids = set()
-    for lineno, line in enumerate(out.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                ids.add(str(json.loads(line)["id"]))
-            except (json.JSONDecodeError, KeyError):
-                raise DataError("cannot resume: the existing output has a broken line", out, lineno) from None
+        raw = raw[: raw.rfind(b"\n") + 1]
+        out.write_bytes(raw)
+    keep, ids, dropped = [], set(), 0
+    for lineno, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            sid, status = _row_status(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError("cannot resume: the existing output has a broken line", out, lineno) from None
+        if status == RETRY and llm_configured:
+            dropped += 1
+            continue
+        keep.append(line)
+        ids.add(sid)
+    if dropped:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        os.replace(tmp, out)
+        log.info("%s: %d row(s) marked for a retry will be done again", out, dropped)
     return ids
+
+
+def _folders(images, data: str | Path) -> list[Path]:
+    given = [Path(p) for p in ([images] if isinstance(images, (str, Path)) else images or [])]
+    return given + [Path(data).parent, Path(data).parent.parent / "images"]
 
 
 @dataclass
@@ -127,6 +155,16 @@ class _Images:
 
     def path(self, sample: Sample) -> Path | None:
         return find_image(sample.image, self.folders)
+
+    def check_missing(self, samples: Sequence[Sample], allow: bool) -> None:
+        """Stop when more than 5% of the samples that name an image have none, unless allowed."""
+        named = [s for s in samples if s.image]
+        missing = [s for s in named if self.path(s) is None]
+        if named and len(missing) > MISSING_IMAGES_LIMIT * len(named) and not allow:
+            raise DataError(f"{len(missing)} of {len(named)} samples name an image that is in none of "
+                            f"{', '.join(map(str, self.folders))} (e.g. {missing[0].image!r} of sample {missing[0].id}); "
+                            "give the image folders with --images (repeatable), or --allow-missing-images "
+                            "to ground only the samples whose image is there")
 
     def sent(self, sample: Sample):
         """The SentImage of a sample, or None (counted) when it is missing or unreadable."""
@@ -144,10 +182,47 @@ class _Images:
             return None
 
 
-def run_pipeline(model_dir: str | Path, data: str | Path, out: str | Path, cfg: RunConfig, images: Path | None = None,
-                 demos: Path | None = None, demo_ids: list[str] | None = None, clip: str | None = None,
-                 strict: bool = False, progress: bool = True, chunk: int = 32) -> dict:
-    """Tag, gate, refine, ground and stream predictions to out; a rerun skips ids already written."""
+@dataclass(frozen=True)
+class RunOptions:
+    """The options of a run beyond its config: image folders, demos, CLIP, strictness."""
+
+    images: tuple[Path, ...] = ()
+    demos: Path | None = None
+    demo_ids: tuple[str, ...] | None = None
+    clip: str | None = None
+    strict: bool = False
+    allow_missing_images: bool = False
+    progress: bool = True
+    chunk: int = 32
+
+
+def run_pipeline(model_dir: str | Path, data: str | Path, out: str | Path, cfg: RunConfig,
+                 options: RunOptions = RunOptions()) -> dict:
+    """Tag, gate, refine, ground and stream predictions to out; a rerun skips ids already final."""
+    def tag(todo: list[Sample]) -> list[Prediction]:
+        return tag_samples(model_dir, todo, cfg, progress=options.progress).predictions
+
+    return _stream(data, out, cfg, options, tag, _model_types(model_dir), refine=True)
+
+
+def ground_file(data: str | Path, out: str | Path, cfg: RunConfig, options: RunOptions = RunOptions()) -> dict:
+    """Ground the entities DATA already has (its boxes are ignored); every sample gets a row."""
+    def given(todo: list[Sample]) -> list[Prediction]:
+        return [Prediction(s.id, tuple(e.with_(boxes=(), decision="keep") for e in s.entities), s.tokens, s.image)
+                for s in todo]
+
+    from .synth.typesets import load_typeset
+
+    return _stream(data, out, cfg, options, given, load_typeset(cfg.synth.typeset).names, refine=False)
+
+
+def _model_types(model_dir: str | Path) -> tuple[str, ...]:
+    from .tagger.tagger import read_labels
+
+    return tuple(sorted({lab[2:] for lab in read_labels(model_dir) if lab != "O"}))
+
+
+def _stream(data, out, cfg: RunConfig, options: RunOptions, predict, types, refine: bool) -> dict:
     from .data.jsonl import append_jsonl
 
     out = Path(out)
@@ -155,23 +230,26 @@ def run_pipeline(model_dir: str | Path, data: str | Path, out: str | Path, cfg: 
     counts: Counter = Counter()
     t0 = time.perf_counter()
     samples = load_samples(data)
-    finished = done_ids(out)
+    finished = done_ids(out, cfg.llm.configured)
     todo = [s for s in samples if s.id not in finished]
     timings["load"] += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tagged = tag_samples(model_dir, todo, cfg, progress=progress).predictions if todo else []
-    timings["tag_and_gate"] += time.perf_counter() - t0
-    notes = []
-    stages = _LLMStages.open(cfg, model_dir, data, images, demos, demo_ids, clip, strict, counts, timings, notes, progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a", encoding="utf-8") as fh:
-        for k in range(0, len(todo), chunk):
-            preds = stages.process(todo[k:k + chunk], tagged[k:k + chunk])
-            for p in preds:
-                append_jsonl(p, fh)
-    usage = stages.close()
-    summary = _summary(samples, finished, tagged, counts, timings, usage, notes, cfg)
-    Path(str(out) + ".summary.json").write_text(json.dumps(summary, indent=1))
+    notes: list[str] = []
+    stages = _LLMStages.open(cfg, types, data, options, counts, timings, notes, refine)
+    try:
+        if stages.images is not None:
+            stages.images.check_missing(todo, options.allow_missing_images)
+        t0 = time.perf_counter()
+        preds = predict(todo) if todo else []
+        timings["tag_and_gate"] += time.perf_counter() - t0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a", encoding="utf-8") as fh:
+            for k in range(0, len(todo), options.chunk):
+                for p in stages.process(todo[k:k + options.chunk], preds[k:k + options.chunk]):
+                    append_jsonl(p, fh)
+    finally:
+        usage = stages.close()
+    summary = _summary(samples, finished, preds, counts, timings, usage, notes, cfg)
+    _write_summary(Path(str(out) + ".summary.json"), summary)
     return summary
 
 
@@ -184,11 +262,31 @@ def _summary(samples, finished, tagged, counts, timings, usage, notes, cfg) -> d
         "delegated_entities": sum(1 for e in ents if e.decision == "delegate"),
         "samples_sent_to_refinement": sum(1 for p in tagged if p.delegated),
         "counts": dict(sorted(counts.items())),
+        "llm_calls": {"attempted": counts["llm_calls"], "failed_transport": counts["llm_calls_failed"]},
+        "rows_marked_retry": counts["rows_marked_retry"],
         "llm": usage,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
         "llm_configured": cfg.llm.configured,
         "notes": notes,
     }
+
+
+def _write_summary(path: Path, summary: dict) -> None:
+    """Write this run's summary, keeping the earlier runs' under "history" and their sum under "cumulative"."""
+    history = []
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+            history = old.pop("history", []) + [{k: v for k, v in old.items() if k != "cumulative"}]
+        except (json.JSONDecodeError, AttributeError):
+            log.warning("%s: unreadable earlier summary, not kept", path)
+    runs = history + [summary]
+    cumulative = {"runs": len(runs), "processed": sum(r.get("processed", 0) for r in runs),
+                  "counts": dict(sum((Counter(r.get("counts", {})) for r in runs), Counter())),
+                  "llm_requests": sum(r.get("llm", {}).get("total", {}).get("requests", 0) for r in runs)}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**summary, "history": history, "cumulative": cumulative}, indent=1))
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -206,44 +304,49 @@ class _LLMStages:
     typeset: object
     counts: Counter
     timings: Counter
+    refine: bool = True
 
     @classmethod
-    def open(cls, cfg, model_dir, data, images, demos, demo_ids, clip, strict, counts, timings, notes, progress):
+    def open(cls, cfg, types, data, options: RunOptions, counts, timings, notes, refine=True):
         from .synth.typesets import load_typeset
 
-        labels = json.loads((Path(model_dir) / "labels.json").read_text())
-        types = tuple(sorted({lab[2:] for lab in labels if lab != "O"}))
         typeset = load_typeset(cfg.synth.typeset)
         if not cfg.llm.configured:
             notes.append("no LLM configured: refinement and grounding were skipped; the gate kept every entity "
-                         "and every entity has an empty box list")
-            return cls(cfg, None, None, None, None, None, {}, types, typeset, counts, timings)
+                         "and every entity has an empty box list; rows with entities are marked for a retry, "
+                         "which a rerun with an LLM does")
+            return cls(cfg, None, None, None, None, None, {}, types, typeset, counts, timings, refine)
         from .llm import LLMClient
 
-        client = LLMClient(cfg.llm, show_progress=progress)
+        client = LLMClient(cfg.llm, show_progress=options.progress)
         notes.append(client.dialect.note)
-        folders = [p for p in (images, Path(data).parent, Path(data).parent.parent / "images") if p is not None]
-        imgs = _Images(folders, strict, client, counts)
+        imgs = _Images(_folders(options.images, data), options.strict, client, counts)
         selector = embed = image_embed = None
         demo_images: dict = {}
-        if demos is None:
+        if options.demos is None:
             notes.append("no --demos: grounding ran zero-shot, without demonstrations")
         else:
-            selector, embed, image_embed, demo_images = _demo_selector(cfg, demos, demo_ids, images, clip, client, notes)
-        return cls(cfg, client, imgs, selector, embed, image_embed, demo_images, types, typeset, counts, timings)
+            selector, embed, image_embed, demo_images = _demo_selector(cfg, options, client, notes)
+        return cls(cfg, client, imgs, selector, embed, image_embed, demo_images, types, typeset, counts, timings, refine)
 
     def process(self, samples: list[Sample], preds: list[Prediction]) -> list[Prediction]:
-        """Refined and grounded predictions for one chunk."""
+        """Refined and grounded predictions for one chunk; rows whose LLM work failed are marked for a retry."""
         if self.client is None:
-            return preds
+            return [self._mark(p, "no_llm") if p.entities else p for p in preds]
+        self._failed: dict[int, set[str]] = {}
         t0 = time.perf_counter()
         sent = {s.id: self.images.sent(s) for s in samples}
-        preds = self._refine(samples, preds, sent)
+        if self.refine:
+            preds = self._refine(samples, preds, sent)
         self.timings["refine"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         preds = self._ground(samples, preds, sent)
         self.timings["ground"] += time.perf_counter() - t0
-        return preds
+        return [self._mark(p, *sorted(self._failed[i])) if i in self._failed else p for i, p in enumerate(preds)]
+
+    def _mark(self, pred: Prediction, *reasons: str) -> Prediction:
+        self.counts["rows_marked_retry"] += 1
+        return pred.with_(meta={**pred.meta, "status": RETRY, "retry_reason": ", ".join(reasons)})
 
     def _refine(self, samples, preds, sent) -> list[Prediction]:
         from . import refine
@@ -271,8 +374,12 @@ class _LLMStages:
         """Predictions with each parsed result applied; a failed result is a counted fallback that keeps the input."""
         preds = list(preds)
         for i, res in zip(todo, results):
+            self.counts["llm_calls"] += 1
             if not res.ok:
                 self.counts[f"{stage}_fallback_{res.reason}"] += 1
+                if res.reason == "transport":  # the endpoint, not the model, failed: worth doing again
+                    self.counts["llm_calls_failed"] += 1
+                    self._failed.setdefault(i, set()).add(f"{stage} {res.reason}")
                 continue
             done = update(i, res.value)
             self.counts.update({f"{stage}_{k}": v for k, v in done.counts.items()})
@@ -313,13 +420,14 @@ class _LazyImages(dict):
         return self[sid]
 
 
-def _demo_selector(cfg, demos, demo_ids, images, clip, client, notes):
+def _demo_selector(cfg, options: RunOptions, client, notes):
     """The demo pool (samples whose image is available), its selector, embedders and the pool's sent images."""
     from .data.images import open_image
     from .ground.select import DemoSelector, clip_embedder, sentence_embedder
 
-    pool_all = load_samples(demos, demo_ids)
-    folders = [p for p in (images, Path(demos).parent, Path(demos).parent.parent / "images") if p is not None]
+    clip = options.clip
+    pool_all = load_samples(options.demos, list(options.demo_ids) if options.demo_ids else None)
+    folders = _folders(options.images, options.demos)
     pool, paths = [], {}
     for s in pool_all:
         path = find_image(s.image, folders)

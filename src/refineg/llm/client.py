@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
@@ -274,28 +273,3 @@ def _describe(exc: Exception) -> str:
     status = getattr(exc, "status_code", None)
     body = getattr(getattr(exc, "response", None), "text", None)
     return f"{type(exc).__name__}" + (f" {status}" if status else "") + (f": {body[:300]}" if body else f": {exc}")
-
-
-def check(config: LLMConfig) -> dict:
-    """Send one tiny request; report the model, latency, JSON-schema support and usage."""
-    from .jsonparse import parse_answer
-    from pydantic import BaseModel
-
-    class Pong(BaseModel):
-        answer: str
-
-    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
-    req = LLMRequest("check", "llm-check", "1", [
-        {"role": "user", "content": 'Reply with the JSON object {"answer": "pong"} and nothing else.'}], schema, "check")
-    with LLMClient(config, show_progress=False) as client:
-        t0 = time.perf_counter()
-        result = client.ask(req, lambda text: parse_answer(text, Pong))
-        latency = time.perf_counter() - t0
-        summary = client.summary()
-        model, base_url = client.model, client.base_url
-    return {
-        "model": model, "base_url": base_url, "ok": result.reason != "transport",
-        "latency_s": round(latency, 3), "json_schema_requested": config.json_schema,
-        "json_valid": result.ok, "from_cache": result.from_cache, "error": result.error,
-        "usage": summary["total"],
-    }

@@ -215,7 +215,7 @@ def json_blocks(text: str) -> list[Any]:
     """Every JSON value in text: fenced blocks first (closed or not), else bare objects and lists, repaired if broken."""
     fenced = [m.group(1) for m in _FENCE.finditer(text) if m.group(1).strip()]
     if fenced:
-        return [v for v in (_load(b) for b in fenced) if isinstance(v, (dict, list)) and v]
+        return [v for v in (_load(b) for b in fenced) if isinstance(v, (dict, list))]
     out, i, decoder = [], 0, json.JSONDecoder()
     while True:
         starts = [p for p in (text.find("{", i), text.find("[", i)) if p != -1]
@@ -232,8 +232,8 @@ def json_blocks(text: str) -> list[Any]:
                 break
             i += 1
             continue
-        if isinstance(value, (dict, list)) and value:
-            out.append(value)
+        if isinstance(value, (dict, list)):
+            out.append(value)  # [] too: "nothing is in the image"
         i = end
     return out
 

@@ -216,16 +216,48 @@ class Tagger:
 
     @classmethod
     def load(cls, model_dir: str | Path) -> Tagger:
-        """A tagger saved by save()."""
+        """A tagger saved by save(); ConfigError naming the file when the folder is damaged."""
         model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ConfigError(f"{model_dir}: no such model folder; train one with `refineg train`")
         if not (model_dir / WEIGHTS).is_file():
             raise ConfigError(f"{model_dir}: not a refineg model folder (no {WEIGHTS}); train one with `refineg train`")
-        config = TaggerConfig.model_validate_json((model_dir / "tagger_config.json").read_text())
-        labels = json.loads((model_dir / "labels.json").read_text())
-        encoder, tokenizer = load_encoder(None, config_only_from=model_dir / "encoder")
+        try:
+            config = TaggerConfig.model_validate_json((model_dir / "tagger_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{model_dir / 'tagger_config.json'}: missing or damaged: {str(exc).splitlines()[0]}") from None
+        labels = read_labels(model_dir)
+        try:
+            encoder, tokenizer = load_encoder(None, config_only_from=model_dir / "encoder")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{model_dir / 'encoder'}: missing or damaged: {str(exc).splitlines()[0]}") from None
         prior = prior_for(config)
         model = build_model(encoder, labels, config, prior)
-        model.load_state_dict(torch.load(model_dir / WEIGHTS, map_location="cpu", weights_only=True))
+        try:
+            state = torch.load(model_dir / WEIGHTS, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as exc:  # torch raises many types for a truncated or foreign checkpoint
+            raise ConfigError(f"{model_dir / WEIGHTS}: not a checkpoint of this model ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]})") from None
         model.eval()
-        lexicon = json.loads((model_dir / LEXICON).read_text()) if (model_dir / LEXICON).is_file() else None
+        lexicon = _read_json(model_dir / LEXICON, dict) if (model_dir / LEXICON).is_file() else None
         return cls(model, tokenizer, config, prior, lexicon)
+
+
+def _read_json(path: Path, kind: type):
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: missing or damaged: {exc}") from None
+    if not isinstance(value, kind):
+        raise ConfigError(f"{path}: expected a JSON {kind.__name__}")
+    return value
+
+
+def read_labels(model_dir: str | Path) -> list[str]:
+    """The tag set of a model folder (labels.json); ConfigError naming the file when it is wrong."""
+    path = Path(model_dir) / "labels.json"
+    labels = _read_json(path, list)
+    if not labels or not all(isinstance(x, str) and (x == "O" or x[:2] in ("B-", "I-")) for x in labels):
+        raise ConfigError(f"{path}: not a BIO label list")
+    return labels
