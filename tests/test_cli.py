@@ -91,7 +91,7 @@ def test_train_then_predict_through_the_cli(twitter_train, twitter_dev, tmp_path
 def test_train_with_a_bad_encoder_exits_2(twitter_dev, tmp_path):
     res = _run("train", "--train", twitter_dev, "--dev", twitter_dev, "--out", tmp_path / "m",
                "--encoder", tmp_path / "missing-encoder", "--quiet")
-    assert res.returncode == 2 and "cannot load encoder" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "no such encoder folder" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_synthesize_offline_and_with_a_scripted_llm(twitter_train, twitter_dev, tmp_path):

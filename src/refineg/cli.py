@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ConfigError, RefinegError
+from .errors import ConfigError, DataError, RefinegError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Low-resource grounded multimodal NER (ReFineG).")
@@ -21,12 +22,31 @@ err = Console(stderr=True)
 
 
 def main() -> None:
-    """Entry point: run the app; a RefinegError becomes one line on stderr and exit code 2."""
+    """Entry point: a RefinegError or an OS error becomes one line on stderr and exit code 2; anything
+    else one line and exit code 1. ``--debug`` (anywhere on the line) shows the traceback instead."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+        logging.basicConfig(level=logging.INFO)
     try:
         app()
     except RefinegError as exc:
-        print(f"refineg: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _die(f"refineg: error: {exc}", 2, debug)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _die(f"refineg: error: {where}{exc.strerror or exc}", 2, debug)
+    except KeyboardInterrupt:
+        _die("refineg: interrupted; rerun the same command to resume", 130, debug)
+    except Exception as exc:  # a bug of ours: one line for the user, the traceback with --debug
+        _die(f"refineg: internal error: {type(exc).__name__}: {str(exc)[:300]} (rerun with --debug for the traceback)",
+             1, debug)
+
+
+def _die(message: str, code: int, debug: bool) -> None:
+    if debug:
+        raise
+    print(message, file=sys.stderr)
+    sys.exit(code)
 
 
 @app.command()
@@ -35,12 +55,18 @@ def convert(
     dst: Path = typer.Argument(..., help="Output: .jsonl, .txt (XML goes to ../xml or ./xml), or a folder (CCKS)."),
     ids: Optional[Path] = typer.Option(None, help="Keep only the sample ids in this file."),
     to: Optional[str] = typer.Option(None, help="Output format: jsonl, twitter or ccks (default: from DST)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files (a split's XML boxes included)."),
 ) -> None:
-    """Convert between Twitter-GMNER, CCKS-GMNER and canonical JSONL."""
-    from .data import load_dataset, read_ids, save_samples
+    """Convert between Twitter-GMNER, CCKS-GMNER and canonical JSONL; existing files are never replaced unless --overwrite."""
+    from .data import load_dataset, output_format, read_ids, save_samples
+    from .data.textio import check_output
 
+    fmt = output_format(dst, to)
+    check_output(dst, folder=fmt == "ccks")
+    if dst.resolve() == src.resolve():
+        raise ConfigError(f"{dst}: the output is the input")
     ds = load_dataset(src, read_ids(ids) if ids else None)
-    save_samples(list(ds.samples), dst, to)
+    save_samples(list(ds.samples), dst, fmt, overwrite=overwrite)
     err.print(f"wrote {len(ds.samples)} samples to {dst}")
 
 
@@ -80,7 +106,13 @@ def evaluate(
     from .data import load_samples, read_predictions
     from .eval.metrics import score
 
-    scores = score(load_samples(gold), read_predictions(pred))
+    gold_samples, preds = load_samples(gold), read_predictions(pred)
+    scores = score(gold_samples, preds)
+    if not preds:
+        err.print(f"[yellow]warning: {pred} holds no prediction: all {len(gold_samples)} gold samples count as missed[/]")
+    elif scores.missing_pred_ids:
+        err.print(f"[yellow]warning: {scores.missing_pred_ids} of {len(gold_samples)} gold samples have no prediction; "
+                  "their entities count as missed[/]")
     if scores.unknown_pred_ids:
         err.print(f"[yellow]warning: {scores.unknown_pred_ids} predicted id(s) are not in gold; their entities count as false positives[/]")
     if as_json:
@@ -215,8 +247,12 @@ def train(
     from .data import load_samples, read_ids
     from .pipeline import train_model
 
+    from .data.textio import check_output
+    from .pipeline import check_model_dir
+
     cfg = _config_with(config, tagger={"encoder": encoder, "epochs": epochs, "seed": seed},
                        gate={"mode": gate_mode, "budget": budget})
+    check_model_dir(check_output(out_dir, folder=True))
     samples = load_samples(train_data, read_ids(ids) if ids else None)
     extra = [s for f in augment or [] for s in load_samples(f)]
     dev_samples = load_samples(dev)
@@ -240,8 +276,9 @@ def predict(
     data: Path = typer.Option(..., "--data", help="Data to tag (any supported input)."),
     out_path: Path = typer.Option(..., "--out", help="Predictions (canonical JSONL)."),
     ids: Optional[Path] = typer.Option(None, "--ids", help="Keep only these sample ids."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image folder (used by later stages)."),
-    mc_samples: int = typer.Option(0, "--mc-samples", help="Also compute MC-dropout scores with T passes (slow)."),
+    images: Optional[list[Path]] = typer.Option(None, "--images", help="Image folder(s): checked, and used by `run` and "
+                                                "`ground`; predict itself tags the text only."),
+    mc_samples: int = typer.Option(0, "--mc-samples", min=0, help="Also compute MC-dropout scores with T passes (slow)."),
     config: Optional[Path] = CONFIG, llm_base_url: Optional[str] = LLM_BASE_URL, llm_model: Optional[str] = LLM_MODEL,
     llm_gguf: Optional[Path] = LLM_GGUF, llm_mmproj: Optional[Path] = LLM_MMPROJ,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -250,7 +287,15 @@ def predict(
     from .data import read_ids
     from .pipeline import predict_file
 
+    from .data.textio import check_output
+
     cfg = _config_with(config, llm={"base_url": llm_base_url, "model": llm_model, "gguf": llm_gguf, "mmproj": llm_mmproj})
+    check_output(out_path)
+    for folder in images or []:
+        if not folder.is_dir():
+            raise ConfigError(f"{folder}: no such image folder")
+    if images:
+        out.print("note: predict tags the text only; the images are used by `refineg run` and `refineg ground`")
     result = predict_file(model, data, out_path, cfg, read_ids(ids) if ids else None, mc_samples, progress=not quiet)
     n_ent = sum(len(p.entities) for p in result.predictions)
     out.print(f"tagged {len(result.predictions)} samples ({result.sentences_per_s:.0f}/s), {n_ent} entities -> {out_path}")
@@ -277,7 +322,7 @@ def synthesize(
     ids: Optional[Path] = typer.Option(None, "--ids", help="Keep only these seed ids."),
     types: Optional[str] = typer.Option(None, "--types", help="Type descriptions: twitter, ccks or a TOML file."),
     method: Optional[str] = typer.Option(None, "--method", help="llm or mention-replacement (default: llm if configured)."),
-    per_sample: Optional[int] = typer.Option(None, "--per-sample", help="LLM: sentences keeping the entities (new and "
+    per_sample: Optional[int] = typer.Option(None, "--per-sample", min=1, help="LLM: sentences keeping the entities (new and "
                                              "none get half); mention replacement: copies per seed."),
     exclude: Optional[list[Path]] = typer.Option(None, "--exclude", help="Data whose sentences must not appear (dev, test)."),
     config: Optional[Path] = CONFIG, llm_base_url: Optional[str] = LLM_BASE_URL, llm_model: Optional[str] = LLM_MODEL,
@@ -302,7 +347,12 @@ def synthesize(
     cfg = cfg.model_copy(update={"synth": cfg.synth.model_copy(update={k: v for k, v in synth.items() if v is not None})})
     if method == "llm" and not cfg.llm.configured:
         raise ConfigError("--method llm needs an LLM: give --llm-base-url and --llm-model, or --llm-gguf")
+    from .data.textio import check_output
+
+    check_output(out_path)
     seeds = load_samples(train_data, read_ids(ids) if ids else None)
+    if not seeds:
+        raise DataError("no seed samples to synthesize from", train_data)
     held_out = [s for f in exclude or [] for s in load_samples(f)]
     result = run_synthesis(seeds, cfg, method, held_out, progress=not quiet)
     write_jsonl(result.samples, out_path)
@@ -315,7 +365,11 @@ def synthesize(
     out.print(f"kept {s['kept']} sentences from {len(seeds)} seeds -> {out_path}")
     out.print(f"dropped: {drops}")
     if s.get("failed_requests"):
-        out.print(f"[yellow]{s['failed_requests']} request(s) failed after retries or a re-ask (counted as fallbacks)[/]")
+        out.print(f"[yellow]{s['failed_requests']} request(s) failed after retries or a re-ask (counted as fallbacks); "
+                  "a rerun asks only those again (the others come from the reply cache)[/]")
+        if s["failed_requests"] >= s.get("requests", 0) > 0:
+            err.print(f"refineg: error: all {s['failed_requests']} LLM requests failed; nothing was synthesized by the LLM")
+            raise typer.Exit(1)
 
 
 # ---- the whole pipeline ----------------------------------------------------------------------------
@@ -341,8 +395,10 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Tag, gate, refine (MLLM), select demos, ground (MLLM) and write predictions; resumable."""
+    from .data.textio import check_output
     from .pipeline import run_pipeline
 
+    check_output(out_path)
     cfg = run_config(config, llm_base_url, llm_model, llm_gguf, llm_mmproj, llm_concurrency, llm_timeout,
                      llm_retries, no_cache, cache_dir, no_json_schema, llm_box_format, verbose)
     if types:
@@ -373,8 +429,10 @@ def ground(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Ground the entities DATA already has (the EEG setting): every sample gets a row with boxes."""
+    from .data.textio import check_output
     from .pipeline import ground_file
 
+    check_output(out_path)
     cfg = run_config(config, llm_base_url, llm_model, llm_gguf, llm_mmproj, llm_concurrency, llm_timeout,
                      llm_retries, no_cache, cache_dir, no_json_schema, llm_box_format, verbose)
     if types:
@@ -420,6 +478,9 @@ def report(
     from .data import load_samples, read_predictions
     from .report import build_report
 
+    from .data.textio import check_output
+
+    check_output(out_dir, folder=True)
     preds = read_predictions(pred)
     gold_samples = load_samples(gold) if gold else None
     folders = list(images or []) + [pred.parent]

@@ -184,4 +184,19 @@ def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] |
     except ValidationError as exc:
         where = f"{path}: " if path else ""
         raise ConfigError(f"{where}invalid config: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
-    return cfg.model_copy(update={"llm": cfg.llm.with_env()})
+    cfg = cfg.model_copy(update={"llm": cfg.llm.with_env()})
+    _check_llm(cfg.llm)
+    return cfg
+
+
+def _check_llm(llm: LLMConfig) -> None:
+    """Settings that conflict or would silently do nothing are errors."""
+    if llm.gguf and llm.base_url:
+        raise ConfigError("give either an endpoint (--llm-base-url, $REFINEG_LLM_BASE_URL) or a local GGUF "
+                          "(--llm-gguf, $REFINEG_LLM_GGUF), not both")
+    if llm.base_url and not llm.model:
+        raise ConfigError("--llm-base-url needs --llm-model (or $REFINEG_LLM_MODEL): the model name at that endpoint")
+    if llm.model and not (llm.base_url or llm.gguf):
+        raise ConfigError("--llm-model needs --llm-base-url (or $REFINEG_LLM_BASE_URL) or --llm-gguf")
+    if llm.mmproj and not llm.gguf:
+        raise ConfigError("--llm-mmproj needs --llm-gguf")

@@ -54,9 +54,38 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
         "config": json.loads(cfg.model_dump_json(include={"tagger", "gate"})),
     }
     if out_dir is not None:
-        tagger.save(out_dir, meta)
-        gate.save(out_dir)
+        save_model_dir(out_dir, tagger, gate, meta)
     return TrainResult(tagger, gate, meta)
+
+
+def check_model_dir(out_dir: Path) -> None:
+    """Refuse to train into a folder that holds anything but an earlier refineg model (which is replaced)."""
+    from .tagger.tagger import WEIGHTS
+
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / WEIGHTS).is_file():
+        raise DataError("this folder is not empty and holds no refineg model: choose a new --out", out_dir)
+
+
+def save_model_dir(out_dir: str | Path, tagger: Tagger, gate: GateCalibration, meta: dict) -> None:
+    """Write the model into a folder beside out_dir, then swap it in: a failed save never leaves half a model."""
+    import shutil
+    import tempfile
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.new-"))
+    try:
+        tagger.save(staging, meta)
+        gate.save(staging)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+            os.replace(out_dir, old / "model")
+            os.replace(staging, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -179,3 +179,50 @@ def test_last_json_object_takes_the_last_of_several():
         last_json_object("no json {here")
     with pytest.raises(ParseError, match="answer"):
         parse('{"other": 1}')
+
+
+def _whole_object(text: str) -> Answer:
+    """A parse that refuses a cut object (the repairer would otherwise close it)."""
+    if not text.rstrip().endswith("}"):
+        raise ParseError("the object is cut")
+    return parse(text)
+
+
+def test_a_truncated_reply_is_asked_again_with_more_tokens_and_never_cached(tmp_path):
+    cut = Reply('{"answer": "ye', finish_reason="length")
+    with FakeOpenAIServer([cut, Reply('{"answer": "yes"}')]) as srv:
+        with LLMClient(_cfg(srv, tmp_path, max_tokens=100)) as client:
+            result = client.ask(_req(stage="refinement"), parse)
+            assert result.value == Answer(answer="yes")
+            assert client.usage.by_stage["refinement"]["truncated"] == 1
+        assert [r["max_tokens"] for r in srv.requests] == [100, 200]
+    with FakeOpenAIServer([cut, cut]) as srv:  # cut twice: a fallback under its own reason, and nothing cached
+        with LLMClient(_cfg(srv, tmp_path / "other", max_tokens=100)) as client:
+            result = client.ask(_req(), _whole_object)
+            assert result.reason == "truncated" and client.usage.fallback_reasons["test"]["truncated"] == 1
+            assert client.usage.total("failures") == 0  # not a transport failure
+        with LLMClient(_cfg(srv, tmp_path / "other")) as client:
+            srv.push(Reply('{"answer": "now"}'))
+            assert client.ask(_req(), parse).value == Answer(answer="now")  # asked again, not served from the cache
+
+
+def test_null_content_from_a_reasoning_model_is_empty_not_a_transport_failure(tmp_path):
+    thinking = Reply(None, reasoning="Let me think about [1, 2, 3, 4]...", finish_reason="length")
+    with FakeOpenAIServer([thinking, Reply('{"answer": "ok"}')]) as srv:
+        with LLMClient(_cfg(srv, tmp_path)) as client:
+            result = client.ask(_req(), parse)
+            assert result.value == Answer(answer="ok")
+            assert client.usage.total("truncated") == 1 and client.usage.total("failures") == 0
+    with FakeOpenAIServer([Reply(""), Reply(None)]) as srv:
+        with LLMClient(_cfg(srv, tmp_path / "e")) as client:
+            result = client.ask(_req(), parse)
+            assert result.reason == "empty" and client.usage.total("empty") == 2
+
+
+def test_two_endpoints_serving_one_model_name_never_share_replies(tmp_path):
+    with FakeOpenAIServer([Reply('{"answer": "a"}')]) as a, FakeOpenAIServer([Reply('{"answer": "b"}')]) as b:
+        with LLMClient(_cfg(a, tmp_path)) as client:
+            assert client.ask(_req(), parse).value.answer == "a"
+        with LLMClient(_cfg(b, tmp_path)) as client:
+            assert client.ask(_req(), parse).value.answer == "b"
+            assert client.usage.total("cache_hits") == 0

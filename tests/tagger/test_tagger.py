@@ -63,8 +63,11 @@ def test_shapes():
 
 
 def test_bad_encoder_path_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="cannot load encoder"):
+    with pytest.raises(ConfigError, match="no such encoder folder"):  # a missing path, not a hub repo id
         load_encoder(str(tmp_path / "no-such-encoder"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="cannot load encoder"):
+        load_encoder(str(tmp_path / "empty"))
 
 
 def test_short_training_lowers_the_loss(tiny_model):

@@ -10,6 +10,7 @@ from ..errors import DataError
 from ..types import Sample
 from .ccks import read_ccks, write_ccks
 from .jsonl import read_jsonl, read_predictions, write_jsonl
+from .textio import text_lines
 from .twitter_gmner import read_twitter, write_twitter
 
 FORMATS = ("jsonl", "twitter", "ccks")
@@ -40,12 +41,14 @@ def detect_format(path: str | Path) -> str:
 
 
 def read_ids(path: str | Path) -> list[str]:
-    """Sample ids of an ids file: one a line, blank lines and ``#`` comments ignored."""
+    """Sample ids of an ids file: one a line, blank lines and ``#`` comments ignored (a BOM is accepted)."""
     path = Path(path)
     if not path.is_file():
         raise DataError("no such ids file", path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [ln.strip().removeprefix("IMGID:") for ln in lines if ln.strip() and not ln.startswith("#")]
+    ids = [ln.strip().removeprefix("IMGID:") for _, ln in text_lines(path) if ln.strip() and not ln.startswith("#")]
+    if not ids:
+        raise DataError("no ids in the file", path)
+    return ids
 
 
 def load_dataset(path: str | Path, ids: list[str] | None = None, fmt: str | None = None) -> Dataset:
@@ -75,21 +78,38 @@ def load_samples(path: str | Path, ids: list[str] | None = None) -> list[Sample]
     return list(load_dataset(path, ids).samples)
 
 
-def save_samples(samples: list[Sample], path: str | Path, fmt: str | None = None) -> None:
-    """Write samples in the format the path (or fmt) names."""
+def output_format(path: str | Path, fmt: str | None = None) -> str:
+    """The format an output path (or fmt) names: .jsonl/.json, .txt/.conll, or a folder (no suffix) for CCKS."""
     path = Path(path)
-    fmt = fmt or ("jsonl" if path.suffix in (".jsonl", ".json") else "twitter" if path.suffix in (".txt", ".conll") else "ccks")
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise DataError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})", path)
+        return fmt
+    if path.suffix in (".jsonl", ".json"):
+        return "jsonl"
+    if path.suffix in (".txt", ".conll"):
+        return "twitter"
+    if not path.suffix or path.is_dir():
+        return "ccks"
+    raise DataError(f"cannot tell the output format from {path.suffix!r}: use .jsonl, .txt, a folder for CCKS, "
+                    "or --to", path)
+
+
+def save_samples(samples: list[Sample], path: str | Path, fmt: str | None = None, overwrite: bool = True) -> None:
+    """Write samples in the format the path (or fmt) names; overwrite=False refuses to replace existing files."""
+    path = Path(path)
+    fmt = output_format(path, fmt)
     if fmt == "jsonl":
+        if path.exists() and not overwrite:
+            raise DataError("would overwrite an existing file; give --overwrite to replace it", path)
         write_jsonl(samples, path)
     elif fmt == "twitter":
-        write_twitter(samples, path)
-    elif fmt == "ccks":
-        write_ccks(samples, path)
+        write_twitter(samples, path, overwrite)
     else:
-        raise DataError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})", path)
+        write_ccks(samples, path, overwrite)
 
 
 __all__ = [
     "Dataset", "FORMATS", "detect_format", "load_dataset", "load_samples", "read_ids",
-    "read_predictions", "save_samples",
+    "output_format", "read_predictions", "save_samples",
 ]

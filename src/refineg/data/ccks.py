@@ -9,11 +9,13 @@ the writer folds occurrences back into one entry per (name, label, box).
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
 from ..errors import DataError
 from ..types import Box, Entity, Sample
+from .textio import atomic_open, read_text
 from .tokenize import find_mentions, token_span, tokenize_with_offsets
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
@@ -21,12 +23,18 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 def _load_json(path: Path) -> dict:
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        obj = json.loads(read_text(path), parse_constant=_no_constant)
+    except ValueError as exc:
+        if not isinstance(exc, json.JSONDecodeError):
+            raise DataError(str(exc), path) from None
         raise DataError(f"broken JSON: {exc.msg}", path, exc.lineno) from None
     if not isinstance(obj, dict):
         raise DataError("expected a JSON object keyed by sample id", path)
     return obj
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def find_ccks_files(folder: Path) -> tuple[Path, Path | None, Path | None]:
@@ -54,6 +62,8 @@ def _bnd_box(bnd, path: Path, sid: str) -> Box | None:
         return None
     try:
         box = Box(*(float(bnd[k]) for k in ("xmin", "ymin", "xmax", "ymax")))
+        if not all(math.isfinite(v) for v in box.as_list()):
+            raise ValueError("not finite")
     except (KeyError, TypeError, ValueError):
         raise DataError(f"bad bnd {bnd!r}", path, sample=sid) from None
     if box.is_degenerate:
@@ -73,7 +83,10 @@ def read_ccks(folder: str | Path) -> tuple[list[Sample], Counter]:
     for sid, rec in texts.items():
         if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
             raise DataError("expected {\"text\": ...}", text_json, sample=sid)
-        samples.append(_sample(str(sid), rec["text"], ents.get(sid, []), entity_json or text_json, report))
+        entries = ents.get(sid, [])
+        if not isinstance(entries, list):
+            raise DataError(f"expected a list of entities, got {type(entries).__name__}", entity_json, sample=sid)
+        samples.append(_sample(str(sid), rec["text"], entries, entity_json or text_json, report))
         report["samples"] += 1
     samples = [s.with_(image=images.get(s.id, f"{s.id}.jpg")) for s in samples]
     report["entity_ids_without_text"] = len(set(ents) - set(texts))
@@ -83,8 +96,8 @@ def read_ccks(folder: str | Path) -> tuple[list[Sample], Counter]:
 def _sample(sid: str, text: str, entries: list, path: Path, report: Counter) -> Sample:
     boxes: dict[tuple[str, str], list[Box]] = {}
     for e in entries:
-        if not isinstance(e, dict) or "name" not in e or "label" not in e:
-            raise DataError(f"an entity needs name and label: {e!r}", path, sample=sid)
+        if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not isinstance(e.get("label"), str):
+            raise DataError(f"an entity needs a name and a label (strings): {e!r}", path, sample=sid)
         key = (e["name"], e["label"])
         box = _bnd_box(e.get("bnd"), path, sid)
         boxes.setdefault(key, [])
@@ -145,11 +158,16 @@ def _align(text: str, tokens: tuple[str, ...]) -> list[tuple[str, int, int]]:
     return out
 
 
-def write_ccks(samples: list[Sample], folder: str | Path) -> None:
-    """Write text.json and entity.json (the submission format) into folder."""
+def write_ccks(samples: list[Sample], folder: str | Path, overwrite: bool = False) -> None:
+    """Write text.json and entity.json (the submission format) into folder; existing ones only with overwrite."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     texts = {s.id: {"text": s.text} for s in samples}
     entities = {s.id: ccks_entries(s) for s in samples}
-    (folder / "text.json").write_text(json.dumps(texts, ensure_ascii=False, indent=1), encoding="utf-8")
-    (folder / "entity.json").write_text(json.dumps(entities, ensure_ascii=False, indent=1), encoding="utf-8")
+    targets = {folder / "text.json": texts, folder / "entity.json": entities}
+    taken = [p for p in targets if p.exists()]
+    if taken and not overwrite:
+        raise DataError(f"would overwrite {taken[0]}; give --overwrite to replace it", folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, obj in targets.items():
+        with atomic_open(path) as fh:
+            fh.write(json.dumps(obj, ensure_ascii=False, indent=1))

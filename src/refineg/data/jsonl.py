@@ -3,62 +3,111 @@
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Annotated, Any, Iterable, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import DataError
 from ..types import Box, Entity, Prediction, Sample
+from .textio import atomic_open, text_lines
+
+log = logging.getLogger(__name__)
 
 _SAMPLE_KEYS = {"id", "tokens", "image", "entities", "width", "height", "text"}
 _PRED_KEYS = {"id", "tokens", "image", "entities", "missing_score", "delegated", "maybe_missing"}
 _SOURCES = {"gold", "tagger", "mllm", "synthetic"}
 
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Unit = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class _EntityRecord(BaseModel):
+    """One entity as a JSONL line holds it: types, ranges and finite numbers checked here, at the boundary."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: str = Field(min_length=1)
+    text: str | None = None
+    start: int | None = Field(None, ge=0)
+    end: int | None = Field(None, ge=1)
+    boxes: list[Annotated[list[Finite], Field(min_length=4, max_length=4)]] | None = None
+    score: Unit | None = None
+    source: str | None = None
+    decision: Literal["keep", "delegate"] | None = None
+
+
+class _Record(BaseModel):
+    """One sample or prediction line."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    id: str | int
+    tokens: list[str] | None = None
+    text: str | None = None
+    image: str | None = None
+    entities: list[_EntityRecord] | None = None
+    width: int | None = Field(None, gt=0)
+    height: int | None = Field(None, gt=0)
+    missing_score: Unit | None = None
+    delegated: bool = False
+    maybe_missing: bool = False
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(line)"
+    got = first.get("input")
+    shown = json.dumps(got)[:80] if isinstance(got, (str, int, float, list, dict, type(None))) else repr(got)[:80]
+    return f"{loc}: {first['msg'].lower()} (got {shown})"
+
 
 def iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line; DataError on broken JSON."""
-    if not path.is_file():
-        raise DataError("no such file", path)
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"broken JSON: {exc.msg} (column {exc.colno})", path, lineno) from None
-            if not isinstance(obj, dict):
-                raise DataError("a line must hold one JSON object", path, lineno)
-            if obj.get("id") in (None, ""):
-                raise DataError("sample without an id", path, lineno)
-            yield lineno, obj
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line, parse_constant=_no_constant)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"broken JSON: {exc.msg} (column {exc.colno})", path, lineno) from None
+        except ValueError as exc:
+            raise DataError(str(exc), path, lineno) from None
+        if not isinstance(obj, dict):
+            raise DataError("a line must hold one JSON object", path, lineno)
+        if obj.get("id") in (None, ""):
+            raise DataError("sample without an id", path, lineno)
+        yield lineno, obj
 
 
-def _box(raw: Any, path: Path, lineno: int, sid: str) -> Box:
-    if not isinstance(raw, (list, tuple)) or len(raw) != 4:
-        raise DataError(f"a box must be [xmin, ymin, xmax, ymax], got {raw!r}", path, lineno, sid)
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _validated(obj: dict, path: Path, lineno: int) -> _Record:
     try:
-        vals = [float(v) for v in raw]
-    except (TypeError, ValueError):
-        raise DataError(f"non-numeric box {raw!r}", path, lineno, sid) from None
-    if not all(math.isfinite(v) for v in vals):
-        raise DataError(f"non-finite box {raw!r}", path, lineno, sid)
-    box = Box(*vals)
+        return _Record.model_validate(obj)
+    except ValidationError as exc:
+        raise DataError(_describe(exc), path, lineno, str(obj.get("id"))) from None
+
+
+def _box(raw: tuple, path: Path, lineno: int, sid: str) -> Box:
+    box = Box(*raw)
     if box.is_degenerate:
-        raise DataError(f"degenerate box {raw!r} (xmin >= xmax or ymin >= ymax)", path, lineno, sid)
+        raise DataError(f"degenerate box {list(raw)} (xmin >= xmax or ymin >= ymax)", path, lineno, sid)
     return box
 
 
-def _entity(raw: Any, tokens: tuple[str, ...] | None, path: Path, lineno: int, sid: str, default_source: str) -> Entity:
-    if not isinstance(raw, dict) or "type" not in raw:
-        raise DataError(f"an entity needs at least a type: {raw!r}", path, lineno, sid)
-    start, end = raw.get("start"), raw.get("end")
+def _entity(raw: _EntityRecord, tokens: tuple[str, ...] | None, path: Path, lineno: int, sid: str,
+            default_source: str) -> Entity:
+    start, end = raw.start, raw.end
     if (start is None) != (end is None):
         raise DataError("an entity needs both start and end, or neither", path, lineno, sid)
-    text = raw.get("text")
+    text = raw.text
     if start is not None:
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end):
+        if start >= end:
             raise DataError(f"bad entity offsets [{start}, {end})", path, lineno, sid)
         if tokens is not None:
             if end > len(tokens):
@@ -68,39 +117,26 @@ def _entity(raw: Any, tokens: tuple[str, ...] | None, path: Path, lineno: int, s
                 text = span_text
             elif "".join(text.split()) != "".join(span_text.split()):
                 raise DataError(f"entity text {text!r} does not match tokens {span_text!r}", path, lineno, sid)
-    if not isinstance(text, str) or not text.strip():
+    if text is None or not text.strip():
         raise DataError("an entity needs a text or offsets into tokens", path, lineno, sid)
-    score = raw.get("score")
-    if score is not None and not (isinstance(score, (int, float)) and 0.0 <= score <= 1.0):
-        raise DataError(f"score must be a number in [0, 1], got {score!r}", path, lineno, sid)
-    source = raw.get("source", default_source)
+    source = raw.source or default_source
     if source not in _SOURCES and default_source == "gold":
         raise DataError(f"unknown source {source!r} (one of {', '.join(sorted(_SOURCES))})", path, lineno, sid)
-    boxes = tuple(_box(b, path, lineno, sid) for b in raw.get("boxes") or [])
-    return Entity(
-        text=text, type=str(raw["type"]), start=start, end=end, boxes=boxes,
-        score=None if score is None else float(score), source=source, decision=raw.get("decision"),
-    )
+    boxes = tuple(_box(b, path, lineno, sid) for b in raw.boxes or [])
+    return Entity(text=text, type=raw.type, start=start, end=end, boxes=boxes, score=raw.score, source=source,
+                  decision=raw.decision)
 
 
-def _tokens(obj: dict, path: Path, lineno: int, sid: str) -> tuple[str, ...] | None:
-    toks = obj.get("tokens")
-    if toks is None:
-        return None
-    if not isinstance(toks, list) or not all(isinstance(t, str) for t in toks):
-        raise DataError("tokens must be a list of strings", path, lineno, sid)
-    return tuple(toks)
-
-
-def _records(path: Path) -> Iterator[tuple[int, dict, str, tuple[str, ...] | None]]:
-    """(line number, object, sample id, tokens) per line; DataError on a repeated id."""
+def _records(path: Path) -> Iterator[tuple[int, dict, _Record, str]]:
+    """(line number, raw object, validated record, sample id) per line; DataError on a repeated id."""
     seen: set[str] = set()
     for lineno, obj in iter_json_lines(path):
-        sid = str(obj["id"])
+        rec = _validated(obj, path, lineno)
+        sid = str(rec.id)
         if sid in seen:
             raise DataError(f"duplicate id {sid}", path, lineno, sid)
         seen.add(sid)
-        yield lineno, obj, sid, _tokens(obj, path, lineno, sid)
+        yield lineno, obj, rec, sid
 
 
 def read_jsonl(path: str | Path) -> list[Sample]:
@@ -109,17 +145,20 @@ def read_jsonl(path: str | Path) -> list[Sample]:
 
     path = Path(path)
     out = []
-    for lineno, obj, sid, tokens in _records(path):
+    for lineno, obj, rec, sid in _records(path):
+        tokens = tuple(rec.tokens) if rec.tokens is not None else None
         if tokens is None:
-            if not isinstance(obj.get("text"), str):
+            if rec.text is None:
                 raise DataError("a sample needs tokens or text", path, lineno, sid)
-            tokens = tuple(tokenize(obj["text"]))
-        ents = tuple(_entity(e, tokens, path, lineno, sid, "gold") for e in obj.get("entities") or [])
-        size = (int(obj["width"]), int(obj["height"])) if obj.get("width") and obj.get("height") else None
+            tokens = tuple(tokenize(rec.text))
+        ents = tuple(_entity(e, tokens, path, lineno, sid, "gold") for e in rec.entities or [])
+        size = (rec.width, rec.height) if rec.width and rec.height else None
         out.append(Sample(
-            id=sid, tokens=tokens, entities=ents, image=obj.get("image"), image_size=size,
-            raw_text=obj.get("text"), meta={k: v for k, v in obj.items() if k not in _SAMPLE_KEYS},
+            id=sid, tokens=tokens, entities=ents, image=rec.image, image_size=size,
+            raw_text=rec.text, meta={k: v for k, v in obj.items() if k not in _SAMPLE_KEYS},
         ))
+    if not out:
+        log.warning("%s: no samples in the file", path)
     return out
 
 
@@ -127,12 +166,12 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     """Predictions of a canonical JSONL file (tokens and offsets optional)."""
     path = Path(path)
     out = []
-    for lineno, obj, sid, tokens in _records(path):
-        ents = tuple(_entity(e, tokens, path, lineno, sid, "tagger") for e in obj.get("entities") or [])
+    for lineno, obj, rec, sid in _records(path):
+        tokens = tuple(rec.tokens) if rec.tokens is not None else None
+        ents = tuple(_entity(e, tokens, path, lineno, sid, "tagger") for e in rec.entities or [])
         out.append(Prediction(
-            id=sid, entities=ents, tokens=tokens, image=obj.get("image"),
-            missing_score=obj.get("missing_score"), delegated=bool(obj.get("delegated", False)),
-            maybe_missing=bool(obj.get("maybe_missing", False)),
+            id=sid, entities=ents, tokens=tokens, image=rec.image, missing_score=rec.missing_score,
+            delegated=rec.delegated, maybe_missing=rec.maybe_missing,
             meta={k: v for k, v in obj.items() if k not in _PRED_KEYS},
         ))
     return out
@@ -189,11 +228,9 @@ def write_jsonl(items: Iterable[Sample | Prediction], path: str | Path) -> None:
     """Write samples or predictions atomically (temp file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_open(path) as fh:
         for item in items:
-            fh.write(json.dumps(_as_dict(item), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+            fh.write(json.dumps(_as_dict(item), ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def append_jsonl(item: Sample | Prediction, fh) -> None:

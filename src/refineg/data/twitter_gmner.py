@@ -6,7 +6,11 @@ single spaces). Entities whose text occurs twice in a tweet therefore share thei
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import shutil
+import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
@@ -15,6 +19,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..types import Box, Entity, Sample
 from .bio import is_valid_tag, spans_from_tags, tags_from_spans
+from .textio import atomic_open, read_text, text_lines
 
 TWITTER_TYPES = ("PER", "ORG", "LOC", "OTHER")
 
@@ -38,9 +43,16 @@ def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
+def _finite(text: str | None) -> float:
+    value = float(text)  # ValueError or TypeError for text that is no number
+    if not math.isfinite(value):
+        raise ValueError("not finite")
+    return value
+
+
 def read_voc(path: Path) -> VocAnnotation:
     """Parse one VOC XML file; raises DataError naming the file and line."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
@@ -48,16 +60,22 @@ def read_voc(path: Path) -> VocAnnotation:
     size = None
     w, h = root.findtext("size/width"), root.findtext("size/height")
     if w and h:
-        size = (int(float(w)), int(float(h)))
+        try:
+            size = (int(_finite(w)), int(_finite(h)))
+        except (TypeError, ValueError):
+            raise DataError(f"image size must be numbers, got width {w!r} and height {h!r}", path,
+                            _line_of(text, text.find("<size"))) from None
+        if size[0] < 0 or size[1] < 0:
+            raise DataError(f"negative image size {size}", path, _line_of(text, text.find("<size")))
     box_lines = [_line_of(text, m.start()) for m in re.finditer(r"<bndbox\b", text)]
     objects = []
     for k, obj in enumerate(root.iter("object")):
         line = box_lines[k] if k < len(box_lines) else None
         name = (obj.findtext("name") or "").strip()
         try:
-            coords = [float(obj.findtext(f"bndbox/{c}")) for c in ("xmin", "ymin", "xmax", "ymax")]
+            coords = [_finite(obj.findtext(f"bndbox/{c}")) for c in ("xmin", "ymin", "xmax", "ymax")]
         except (TypeError, ValueError):
-            raise DataError(f"object {name!r} has a missing or non-numeric bndbox", path, line) from None
+            raise DataError(f"object {name!r} has a missing, non-numeric or non-finite bndbox", path, line) from None
         box = Box(*coords)
         if box.is_degenerate:
             raise DataError(f"object {name!r} has a degenerate box {box.as_list()} (xmin >= xmax or ymin >= ymax)", path, line)
@@ -68,32 +86,29 @@ def read_voc(path: Path) -> VocAnnotation:
 def _parse_conll(path: Path, types: tuple[str, ...] | None):
     """Yield (sample id, tokens, tags, first line) from a CoNLL split file."""
     sid, tokens, tags, first = None, [], [], 0
-    with path.open(encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            line = raw.rstrip("\n").rstrip("\r")
-            if line.startswith("IMGID:"):
-                if sid is not None and tokens:
-                    yield sid, tokens, tags, first
-                sid, tokens, tags, first = line[6:].strip(), [], [], lineno
-                continue
-            if not line.strip():
-                if sid is not None and tokens:
-                    yield sid, tokens, tags, first
-                    sid, tokens, tags = None, [], []
-                continue
-            if sid is None:
-                raise DataError("token line before any IMGID: line", path, lineno)
-            token, sep, tag = line.rpartition("\t")
-            if not sep:
-                parts = line.split()
-                if len(parts) < 2:
-                    raise DataError(f"token line without a tag: {line!r}", path, lineno)
-                token, tag = " ".join(parts[:-1]), parts[-1]
-            tag = tag.strip()
-            if not is_valid_tag(tag) or (types and tag != "O" and tag[2:] not in types):
-                raise DataError(f"unknown tag {tag!r}", path, lineno)
-            tokens.append(token)
-            tags.append(tag)
+    for lineno, line in text_lines(path):
+        if line.startswith("IMGID:"):
+            if sid is not None and tokens:
+                yield sid, tokens, tags, first
+            sid, tokens, tags, first = line[6:].strip(), [], [], lineno
+            continue
+        if not line.strip():
+            if sid is not None and tokens:
+                yield sid, tokens, tags, first
+                sid, tokens, tags = None, [], []
+            continue
+        if sid is None:
+            raise DataError("token line before any IMGID: line", path, lineno)
+        parts = line.split("\t") if "\t" in line else line.split()
+        if len(parts) < 2:
+            raise DataError(f"token line without a tag: {line!r}", path, lineno)
+        if len(parts) > 2:
+            raise DataError(f"expected 2 columns (token, tag), got {len(parts)}: {line!r}", path, lineno)
+        token, tag = parts[0], parts[1].strip()
+        if not is_valid_tag(tag) or (types and tag != "O" and tag[2:] not in types):
+            raise DataError(f"unknown tag {tag!r}", path, lineno)
+        tokens.append(token)
+        tags.append(tag)
     if sid is not None and tokens:
         yield sid, tokens, tags, first
 
@@ -134,12 +149,15 @@ def _sample_from(sid: str, tokens: list[str], tags: list[str], voc: VocAnnotatio
     )
 
 
-def write_twitter(samples: list[Sample], txt_path: str | Path) -> None:
-    """Write samples as a CoNLL split file plus one VOC XML per sample that has boxes."""
+def write_twitter(samples: list[Sample], txt_path: str | Path, overwrite: bool = False) -> None:
+    """Write samples as a CoNLL split file plus one VOC XML per sample that has boxes.
+
+    Nothing is written unless everything can be: the XML files go to a temporary folder first, and an
+    existing split file or XML file (another split's gold boxes, say) is never replaced unless overwrite.
+    """
     txt_path = Path(txt_path)
-    txt_path.parent.mkdir(parents=True, exist_ok=True)
     xml_dir = xml_dir_for(txt_path)
-    lines = []
+    lines, xml = [], {}
     for sample in samples:
         try:
             tags = tags_from_spans(len(sample.tokens), [(e.start, e.end, e.type) for e in sample.entities])
@@ -149,9 +167,29 @@ def write_twitter(samples: list[Sample], txt_path: str | Path) -> None:
         lines.extend(f"{tok}\t{tag}" for tok, tag in zip(sample.tokens, tags))
         lines.append("")
         if any(e.boxes for e in sample.entities):
-            xml_dir.mkdir(parents=True, exist_ok=True)
-            (xml_dir / f"{sample.id}.xml").write_text(voc_xml(sample), encoding="utf-8")
-    txt_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            xml[f"{sample.id}.xml"] = voc_xml(sample)
+    if not overwrite:
+        taken = [txt_path] if txt_path.exists() else []
+        taken += [xml_dir / name for name in xml if (xml_dir / name).exists()]
+        if taken:
+            more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+            raise DataError(f"would overwrite {taken[0]}{more}; give --overwrite to replace them", txt_path)
+    txt_path.parent.mkdir(parents=True, exist_ok=True)
+    if xml:
+        xml_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=xml_dir, prefix=".refineg-"))
+        try:
+            for name, text in xml.items():
+                (staging / name).write_text(text, encoding="utf-8")
+            with atomic_open(txt_path) as fh:
+                fh.write("\n".join(lines) + "\n")
+            for name in xml:
+                os.replace(staging / name, xml_dir / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    else:
+        with atomic_open(txt_path) as fh:
+            fh.write("\n".join(lines) + "\n")
 
 
 def voc_xml(sample: Sample) -> str:

@@ -118,7 +118,9 @@ def clip_embedder(name_or_path: str) -> Callable[[list], np.ndarray]:
     from transformers import CLIPModel, CLIPProcessor
 
     from ..errors import ConfigError
+    from ..tagger.encoder import check_model_source
 
+    check_model_source(name_or_path, "CLIP model")
     try:
         model = CLIPModel.from_pretrained(name_or_path).eval()
         processor = CLIPProcessor.from_pretrained(name_or_path)

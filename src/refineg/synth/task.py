@@ -35,7 +35,17 @@ class SynthAnswer(BaseModel):
     samples: list[SynthSample]
 
 
-SCHEMA = SynthAnswer.model_json_schema()
+
+
+def schema(types: tuple[str, ...], n: int) -> dict:
+    """The answer schema: at most n sentences, each entity's type one of ours (a tiny model cannot invent types)."""
+    entity = {"type": "object", "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 200},
+                                               "type": {"enum": list(types)}}, "required": ["text", "type"]}
+    sample = {"type": "object", "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 1000},
+                                               "entities": {"type": "array", "items": entity, "maxItems": 20}},
+              "required": ["text", "entities"]}
+    return {"type": "object", "properties": {"samples": {"type": "array", "items": sample, "maxItems": n}},
+            "required": ["samples"]}
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,8 @@ def build_request(seed: Sample, kind: str, n: int, typeset: TypeSet, template: T
     ents = "; ".join(f"{e.text} ({e.type})" for e in seed.entities) or "none"
     prompt = template.text.format(domain=typeset.domain, types=typeset.describe(), text=seed.text, entities=ents,
                                   task=TASKS[kind].format(n=n))
-    return LLMRequest("synthesis", template.name, template.version, [{"role": "user", "content": prompt}], SCHEMA,
+    return LLMRequest("synthesis", template.name, template.version, [{"role": "user", "content": prompt}],
+                      schema(typeset.names, n),
                       f"{seed.id}:{kind}")
 
 

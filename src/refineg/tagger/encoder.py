@@ -16,11 +16,23 @@ def default_encoder() -> str:
     return str(packaged.get_model_path())
 
 
+def looks_like_path(name: str) -> bool:
+    """True for names that can only be local paths (a hub id is "org/name" at most)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or Path(name).suffix in (".bin", ".pt")
+
+
+def check_model_source(name: str, what: str) -> None:
+    """ConfigError for a local model path that does not exist (instead of the hub's repo-id error)."""
+    if looks_like_path(name) and not Path(name).expanduser().exists():
+        raise ConfigError(f"{name}: no such {what} folder")
+
+
 def load_encoder(name_or_path: str | None, config_only_from: Path | None = None):
     """(encoder module, fast tokenizer); with config_only_from, the weights are left to a later state dict."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     source = str(config_only_from) if config_only_from else (name_or_path or default_encoder())
+    check_model_source(source, "encoder")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
         if config_only_from:

@@ -117,10 +117,12 @@ class PriorNER:
             self._memo.update(zip(todo, self._tag(todo)))
         return [self._memo[k] for k in keys]
 
+    max_words = 512  # per call: words past this get "outside" (the tagger tags long posts in shorter windows)
+
     def _tag(self, batch_words: Sequence[Sequence[str]]) -> list[list[int]]:
         from spacy.tokens import Doc
 
-        docs = self.nlp.pipe((Doc(self.nlp.vocab, words=[w if w.strip() else "_" for w in ws]) for ws in batch_words),
-                             batch_size=256)
+        docs = self.nlp.pipe((Doc(self.nlp.vocab, words=[w if w.strip() else "_" for w in ws[:self.max_words]])
+                              for ws in batch_words), batch_size=256)
         return [[1 if not t.ent_type_ else 2 + 2 * self._index[t.ent_type_] + (t.ent_iob_ == "I") for t in doc]
-                for doc in docs]
+                + [1] * max(0, len(ws) - self.max_words) for doc, ws in zip(docs, batch_words)]

@@ -127,9 +127,37 @@ class Tagger:
         """One prediction per sample, each entity with a score in [0, 1] (the CRF span marginal)."""
         return [t.prediction for t in self.predict_detailed(samples, mc_samples, progress)]
 
+    def windows(self, tokens: Sequence[str]) -> list[tuple[int, int]]:
+        """Word ranges that each fit the encoder (one range for a normal post); long posts get windows that
+        overlap by about a quarter, so that every word is tagged with context on both sides."""
+        budget = self.config.max_subtokens - 2  # [CLS] and [SEP]
+        pieces = [min(self.aligner._pieces(w) or 1, budget) for w in self.aligner.clean(tokens)]
+        if sum(pieces) <= budget:
+            return [(0, len(tokens))]
+        out, start = [], 0
+        while True:
+            end, used = start, 0
+            while end < len(tokens) and used + pieces[end] <= budget:
+                used += pieces[end]
+                end += 1
+            out.append((start, end))
+            if end >= len(tokens):
+                return out
+            start = max(start + 1, end - max(1, (end - start) // 4))
+
     @torch.no_grad()
     def predict_detailed(self, samples: Sequence[Sample], mc_samples: int = 0, progress: bool = False) -> list[Tagged]:
-        """Predictions with every alternative entity score; mc_samples > 0 adds MC-dropout scores."""
+        """Predictions with every alternative entity score; mc_samples > 0 adds MC-dropout scores.
+        A post longer than the encoder takes is tagged in overlapping windows, to its end."""
+        spans = [self.windows(s.tokens) for s in samples]
+        if all(len(w) == 1 for w in spans):
+            return self._predict_all(samples, mc_samples, progress)
+        parts = [s.with_(id=f"{s.id}\x00{k}", tokens=s.tokens[a:b]) if len(w) > 1 else s
+                 for s, w in zip(samples, spans) for k, (a, b) in enumerate(w)]
+        tagged = iter(self._predict_all(parts, mc_samples, progress))
+        return [next(tagged) if len(w) == 1 else _stitch(s, w, [next(tagged) for _ in w]) for s, w in zip(samples, spans)]
+
+    def _predict_all(self, samples: Sequence[Sample], mc_samples: int, progress: bool) -> list[Tagged]:
         from tqdm import tqdm
 
         torch.set_num_threads(self.config.threads)
@@ -242,6 +270,22 @@ class Tagger:
         model.eval()
         lexicon = _read_json(model_dir / LEXICON, dict) if (model_dir / LEXICON).is_file() else None
         return cls(model, tokenizer, config, prior, lexicon)
+
+
+def _stitch(sample: Sample, spans: list[tuple[int, int]], parts: list[Tagged]) -> Tagged:
+    """One Tagged from the windows of a long post: each window contributes the entities that start in
+    its share of the overlaps (the middle of each overlap is the cut)."""
+    cuts = [0] + [(spans[k + 1][0] + spans[k][1]) // 2 for k in range(len(spans) - 1)] + [len(sample.tokens)]
+    entities, scores = [], []
+    for k, ((offset, _), part) in enumerate(zip(spans, parts)):
+        for e, sc in zip(part.prediction.entities, part.scores):
+            overlaps = entities and e.start + offset < entities[-1].end
+            if cuts[k] <= e.start + offset < cuts[k + 1] and not overlaps:
+                entities.append(e.with_(start=e.start + offset, end=e.end + offset))
+                scores.append(sc)
+    missing = max((p.prediction.missing_score or 0.0) for p in parts)
+    pred = Prediction(sample.id, tuple(entities), tokens=sample.tokens, image=sample.image, missing_score=missing)
+    return Tagged(pred, tuple(scores))
 
 
 def _read_json(path: Path, kind: type):

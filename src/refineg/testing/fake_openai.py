@@ -29,6 +29,8 @@ class Reply:
     raw_body: str | None = None
     prompt_tokens: int = 10
     completion_tokens: int = 5
+    finish_reason: str = "stop"
+    reasoning: str | None = None  # sent as reasoning_content, the way vLLM's reasoning parsers do
 
     def body(self, model: str) -> bytes:
         """The HTTP body to send."""
@@ -38,10 +40,17 @@ class Reply:
             return json.dumps({"error": {"message": f"scripted status {self.status}", "type": "scripted", "code": self.status}}).encode()
         return json.dumps({
             "id": "chatcmpl-replay", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": self.content}}],
+            "choices": [{"index": 0, "finish_reason": self.finish_reason, "message": self._message()}],
             "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                       "total_tokens": self.prompt_tokens + self.completion_tokens},
         }).encode()
+
+
+    def _message(self) -> dict:
+        msg = {"role": "assistant", "content": self.content}
+        if self.reasoning is not None:
+            msg["reasoning_content"] = self.reasoning
+        return msg
 
 
 @dataclass
