@@ -127,3 +127,66 @@ def test_grounding_requests_carry_k_demos_from_the_pool_never_the_sample_itself(
         demo_posts = [p["text"] for p in parts if p["type"] == "text" and p["text"].startswith("Post:") and "Answer:" in p["text"]]
         assert len(demo_posts) == 3
         assert query_post.split("\n")[0] not in [d.split("\n")[0] for d in demo_posts]
+
+
+def _cli_run(model, data_dir, out, *llm, check=False, cache="cache"):
+    args = [REFINEG, "run", "--model", str(model), "--data", str(data_dir / "dev.jsonl"), "--images",
+            str(data_dir / "images"), "--out", str(out), "--quiet", *llm]
+    env = dict(os.environ, REFINEG_CACHE_DIR=str(data_dir / cache))
+    return subprocess.run(args, env=env, capture_output=True, text=True, check=check)
+
+
+def test_a_run_whose_llm_calls_all_failed_is_redone_by_the_next_run(tiny_model, data_dir):
+    model, _, dev = tiny_model
+    with FakeOpenAIServer(default=scripted) as srv:
+        _cli_run(model, data_dir, data_dir / "clean.jsonl", "--llm-base-url", srv.base_url, "--llm-model", "m", check=True,
+                 cache="cache-clean")
+        url = srv.base_url
+    out = data_dir / "p.jsonl"
+    # the endpoint is gone: every row is written, marked for a retry, and the run fails with the count
+    failed = _cli_run(model, data_dir, out, "--llm-base-url", url, "--llm-model", "m", "--llm-retries", "0")
+    assert failed.returncode == 1 and "LLM calls failed" in failed.stderr
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(rows) == len(dev) and sum(r.get("status") == "retry" for r in rows) > 0
+    with FakeOpenAIServer(default=scripted) as srv:
+        again = _cli_run(model, data_dir, out, "--llm-base-url", srv.base_url, "--llm-model", "m")
+    assert again.returncode == 0, again.stderr
+    assert _entities(out) == _entities(data_dir / "clean.jsonl")
+    assert not any(json.loads(l).get("status") for l in out.read_text().splitlines())
+    summary = json.loads((data_dir / "p.jsonl.summary.json").read_text())
+    assert len(summary["history"]) == 1 and summary["history"][0]["llm_calls"]["failed_transport"] > 0
+    assert summary["cumulative"]["runs"] == 2
+
+
+def test_a_run_without_an_llm_is_completed_by_a_later_run_with_one(tiny_model, data_dir):
+    model, _, _ = tiny_model
+    out = data_dir / "p.jsonl"
+    _cli_run(model, data_dir, out, check=True)
+    marked = sum(json.loads(l).get("retry_reason") == "no_llm" for l in out.read_text().splitlines())
+    assert marked > 0
+    with FakeOpenAIServer(default=scripted) as srv:
+        res = _cli_run(model, data_dir, out, "--llm-base-url", srv.base_url, "--llm-model", "m")
+    assert res.returncode == 0, res.stderr
+    assert f"{marked} samples processed" in res.stdout
+    assert any(e["boxes"] for l in out.read_text().splitlines() for e in json.loads(l)["entities"])
+
+
+def test_too_many_missing_images_stop_the_run_unless_allowed(tiny_model, data_dir):
+    model, _, dev = tiny_model
+    for f in list((data_dir / "images").iterdir())[:5]:
+        f.unlink()
+    with FakeOpenAIServer(default=scripted) as srv:
+        with pytest.raises(DataError, match=r"6 of 40 samples name an image"):
+            run_pipeline(model, data_dir / "dev.jsonl", data_dir / "p.jsonl", _llm(srv, data_dir),
+                         RunOptions(images=(data_dir / "images",), progress=False))
+        assert not srv.requests and not (data_dir / "p.jsonl").exists()
+
+
+def test_a_huge_image_is_counted_and_skipped_not_fatal(tiny_model, data_dir):
+    model, _, dev = tiny_model
+    Image.new("1", (20000, 20000)).save(data_dir / "images" / dev[1].image)  # 400 megapixels, a few kB on disk
+    with FakeOpenAIServer(default=scripted) as srv:
+        summary = run_pipeline(model, data_dir / "dev.jsonl", data_dir / "p.jsonl", _llm(srv, data_dir),
+                               RunOptions(images=(data_dir / "images",), progress=False))
+    assert summary["counts"]["missing_or_corrupt_image"] == 2  # the one without a file, and the huge one
+    assert len((data_dir / "p.jsonl").read_text().splitlines()) == len(dev)

@@ -56,7 +56,10 @@ class GateCalibration:
         path = Path(model_dir, GATE_FILE)
         if not path.is_file():
             raise ConfigError(f"{path}: the model has no calibrated gate")
-        gate = cls(**json.loads(path.read_text()))
+        try:
+            gate = cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{path}: damaged gate file: {str(exc).splitlines()[0][:200]}") from None
         if gate.score_model is not None:
             try:
                 ScoreModel.from_dict(gate.score_model)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -185,3 +187,32 @@ def test_small_training_sets_get_several_passes_per_epoch():
     assert passes_per_epoch(500, cfg) == 1  # 32 steps already
     assert passes_per_epoch(100, cfg) == 5  # 7 steps a pass -> 35
     assert passes_per_epoch(1, cfg) == 30 and passes_per_epoch(0, cfg) == 30
+
+
+def test_a_20k_token_post_is_tagged_to_its_end_in_bounded_memory(tiny_model, tmp_path):
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    from refineg.tagger.tagger import Tagger
+
+    model, _, dev = tiny_model
+    tagger = Tagger.load(model)
+    one = next(s for s in dev if tagger.predict([s])[0].entities)
+    n_one = len(tagger.predict([one])[0].entities)
+    copies = 20_000 // len(one.tokens) + 1
+    tokens = list(one.tokens) * copies
+    assert len(tagger.windows(tokens)) > 50
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"id": "long", "tokens": tokens}) + "\n")
+    out = tmp_path / "p.jsonl"
+    res = subprocess.run([str(Path(sys.executable).parent / "refineg"), "predict", "--model", str(model), "--data", str(data),
+                          "--out", str(out), "--quiet"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
+    assert peak_gb < 3.0
+    ents = json.loads(out.read_text())["entities"]
+    assert max(e["start"] for e in ents) >= len(tokens) - len(one.tokens)  # the last copy was tagged
+    assert len(ents) >= 0.8 * n_one * copies
+    assert all(a["end"] <= b["start"] for a, b in zip(ents, ents[1:]))  # no overlaps at the window cuts
