@@ -256,6 +256,9 @@ def train(
     samples = load_samples(train_data, read_ids(ids) if ids else None)
     extra = [s for f in augment or [] for s in load_samples(f)]
     dev_samples = load_samples(dev)
+    for path, got in ((train_data, samples), (dev, dev_samples)):
+        if not got:
+            raise DataError("no samples in the file", path)
     sources = {"train": str(train_data), "ids": str(ids) if ids else None, "augment": [str(a) for a in augment or []],
                "dev": str(dev), "train_samples": len(samples), "augment_samples": len(extra)}
     result = train_model(samples + extra, dev_samples, cfg, out_dir, progress=not quiet, sources=sources)

@@ -48,7 +48,7 @@ class LLMConfig(BaseModel):
                             "norm1000-yx, norm1) or a model family (qwen2.5-vl, gemini, ...)")
     verbose: bool = Field(False, description="show the embedded llama.cpp server's log instead of writing it to a file")
     image_max_side: int = Field(1000, ge=28)
-    image_multiple_of: int | None = Field(None, description="snap sent sides to this multiple (28 for Qwen2.5-VL)")
+    image_multiple_of: int | None = Field(None, description="snap sent sides to this multiple (the qwen2.5-vl box format already sends Qwen's own frame)")
     cache: bool = True
     cache_dir: Path | None = None
     price_prompt_per_1k: float = 0.0

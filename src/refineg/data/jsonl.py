@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Iterator, Literal
@@ -13,8 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import DataError
 from ..types import Box, Entity, Prediction, Sample
 from .textio import atomic_open, text_lines
-
-log = logging.getLogger(__name__)
 
 _SAMPLE_KEYS = {"id", "tokens", "image", "entities", "width", "height", "text"}
 _PRED_KEYS = {"id", "tokens", "image", "entities", "missing_score", "delegated", "maybe_missing"}
@@ -157,8 +154,6 @@ def read_jsonl(path: str | Path) -> list[Sample]:
             id=sid, tokens=tokens, entities=ents, image=rec.image, image_size=size,
             raw_text=rec.text, meta={k: v for k, v in obj.items() if k not in _SAMPLE_KEYS},
         ))
-    if not out:
-        log.warning("%s: no samples in the file", path)
     return out
 
 
