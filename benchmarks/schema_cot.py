@@ -5,7 +5,7 @@ Prints, per variant: replies that parse, replies whose types are all ours, repli
 completion tokens and seconds per reply. The packaged SmolLM2-135M is a plumbing model, so this
 measures what the schema does to a weak model's output, not refinement quality.
 
-    .venv/bin/python benchmarks/schema_cot.py [--n 12] [--max-tokens 512]
+    .venv/bin/python benchmarks/schema_cot.py [--n 12] [--max-tokens 512] [--variants "old schema" ...]
 """
 
 from __future__ import annotations
@@ -66,11 +66,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=12)
     ap.add_argument("--max-tokens", type=int, default=512)
+    ap.add_argument("--variants", nargs="+", default=["schema with reasoning", "no schema", "old schema"])
     args = ap.parse_args()
     reqs = requests(args.n)
     cache = Path("runs/bench/schema-cot")
     print(f"{'variant':<26}{'parsed':>8}{'our types':>11}{'cut':>6}{'tokens/reply':>14}{'s/reply':>9}")
-    for variant in ("schema with reasoning", "no schema", "old schema"):
+    for variant in args.variants:
         r = run(variant, reqs, args.max_tokens, cache)
         print(f"{r['variant']:<26}{r['parsed']:>5}/{r['replies']:<2}{r['types_all_ours']:>9}{r['truncated']:>8}"
               f"{r['completion_tokens_per_reply']:>12.0f}{r['seconds_per_reply']:>11.1f}", flush=True)

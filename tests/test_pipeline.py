@@ -190,3 +190,61 @@ def test_a_huge_image_is_counted_and_skipped_not_fatal(tiny_model, data_dir):
                                RunOptions(images=(data_dir / "images",), progress=False))
     assert summary["counts"]["missing_or_corrupt_image"] == 2  # the one without a file, and the huge one
     assert len((data_dir / "p.jsonl").read_text().splitlines()) == len(dev)
+
+
+def _kinds(srv) -> list[str]:
+    """What each request asked for: combined, refinement or grounding."""
+    out = []
+    for r in srv.requests:
+        text = json.dumps(r)
+        out.append("combined" if "lists every entity of the post" in text else
+                   "grounding" if "Ground exactly these entities" in text else "refinement")
+    return out
+
+
+def test_a_delegated_post_costs_one_call_and_two_with_the_two_call_path(tiny_model, data_dir):
+    from refineg.config import GroundConfig
+    from refineg.testing.oracle import GoldOracle
+
+    model, _, dev = tiny_model
+    for combined in (True, False):
+        with FakeOpenAIServer(default=GoldOracle(dev)) as srv:
+            cfg = _llm(srv, data_dir).model_copy(update={"ground": GroundConfig(combined=combined, skip_ungroundable=False)})
+            out = data_dir / f"p-{combined}.jsonl"
+            summary = run_pipeline(model, data_dir / "dev.jsonl", out, cfg,
+                                   RunOptions(images=(data_dir / "images",), progress=False))
+            kinds = _kinds(srv)
+        rows = {l["id"]: l for l in map(json.loads, out.read_text().splitlines())}
+        delegated = sum(1 for r in rows.values() if r["delegated"])
+        assert delegated > 0
+        if combined:
+            # one call per delegated post; only the post without an image is refined alone (and not grounded)
+            assert kinds.count("combined") + kinds.count("refinement") == delegated and kinds.count("refinement") <= 1
+            assert summary["calls_per_sample"]["combined"] > 0
+        else:
+            assert "combined" not in kinds and kinds.count("refinement") == delegated
+        # every call answered by the gold oracle: the boxed gold entities come back with boxes
+        assert any(e["boxes"] for r in rows.values() for e in r["entities"])
+    assert _entities(data_dir / "p-True.jsonl").keys() == _entities(data_dir / "p-False.jsonl").keys()
+
+
+def test_posts_the_groundability_model_rules_out_get_no_grounding_call(tiny_model, data_dir):
+    from refineg.config import GroundConfig
+    from refineg.ground.groundability import Groundability
+
+    model, _, dev = tiny_model
+    assert Groundability.load(model) is not None  # train_model fitted and saved one
+    with FakeOpenAIServer(default=scripted) as srv:
+        cfg = _llm(srv, data_dir).model_copy(update={"ground": GroundConfig(groundability_recall=0.3)})
+        summary = run_pipeline(model, data_dir / "dev.jsonl", data_dir / "p.jsonl", cfg,
+                               RunOptions(images=(data_dir / "images",), progress=False))
+        grounded_ids = {json.loads(r["messages"][0]["content"][-1]["text"].split("Entities: ", 1)[1].split("\n")[0])
+                        ["entities"][0]["text"] for r in srv.requests if "Ground exactly" in json.dumps(r)}
+    skipped = summary["counts"]["grounding_skipped_groundability"]
+    assert skipped > 0 and summary["groundability"]["posts_skipped"] == skipped
+    assert summary["groundability"]["estimated_recall_lost"] > 0
+    rows = [json.loads(l) for l in (data_dir / "p.jsonl").read_text().splitlines()]
+    local = [r for r in rows if r.get("grounding", "").startswith("decided locally")]
+    assert len(local) == skipped and all(not r["delegated"] for r in local)
+    assert all(e["boxes"] == [] for r in local for e in r["entities"])
+    assert grounded_ids

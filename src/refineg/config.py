@@ -155,6 +155,11 @@ class GroundConfig(BaseModel):
     weights: tuple[float, float, float] = (0.4, 0.2, 0.6)
     type_bonus: float = 0.8
     k: int = Field(3, ge=0)
+    combined: bool = Field(True, description="one request refines and grounds a delegated post (False: two calls)")
+    skip_ungroundable: bool = Field(True, description="no grounding call for a post the gate kept whose entities "
+                                    "are all unlikely to be in the image")
+    groundability_recall: float = Field(0.97, gt=0, le=1, description="share of dev's boxed entities the "
+                                        "groundability threshold keeps")
 
 
 class RunConfig(BaseModel):

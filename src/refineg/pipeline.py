@@ -46,16 +46,26 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
     score_model = ScoreModel.fit(tagged, dev) if cfg.gate.score == "combined" else None  # None: too few errors
     dev_preds = score_model.rescore(tagged) if score_model else [t.prediction for t in tagged]
     gate = replace(calibrate(dev_preds, dev, cfg.gate), score_model=score_model.as_dict() if score_model else None)
+    groundability = _fit_groundability(train, dev, cfg)
     meta = {
         "train": report.as_dict(),
         "dev": {"mner": score(dev, dev_preds).overall["mner"].as_dict(), "tag_sentences_per_s": round(len(dev) / tag_seconds, 1)},
         "gate": {"auroc": gate.auroc, "delegation_rate": gate.delegation_rate, "errors_caught": gate.errors_caught},
+        "groundability": groundability.dev if groundability else None,
         "sources": sources or {},
         "config": json.loads(cfg.model_dump_json(include={"tagger", "gate"})),
     }
     if out_dir is not None:
-        save_model_dir(out_dir, tagger, gate, meta)
+        save_model_dir(out_dir, tagger, gate, meta, groundability)
     return TrainResult(tagger, gate, meta)
+
+
+def _fit_groundability(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig):
+    """The groundability model on the labelled (not synthesized) training posts, calibrated on dev."""
+    from .ground.groundability import Groundability
+
+    labelled = [s for s in train if all(e.source != "synthetic" for e in s.entities)]
+    return Groundability.fit(labelled, dev, cfg.ground.groundability_recall)
 
 
 def check_model_dir(out_dir: Path) -> None:
@@ -66,7 +76,7 @@ def check_model_dir(out_dir: Path) -> None:
         raise DataError("this folder is not empty and holds no refineg model: choose a new --out", out_dir)
 
 
-def save_model_dir(out_dir: str | Path, tagger: Tagger, gate: GateCalibration, meta: dict) -> None:
+def save_model_dir(out_dir: str | Path, tagger: Tagger, gate: GateCalibration, meta: dict, groundability=None) -> None:
     """Write the model into a folder beside out_dir, then swap it in: a failed save never leaves half a model."""
     import shutil
     import tempfile
@@ -77,6 +87,8 @@ def save_model_dir(out_dir: str | Path, tagger: Tagger, gate: GateCalibration, m
     try:
         tagger.save(staging, meta)
         gate.save(staging)
+        if groundability is not None:
+            groundability.save(staging)
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
             os.replace(out_dir, old / "model")
@@ -231,7 +243,12 @@ def run_pipeline(model_dir: str | Path, data: str | Path, out: str | Path, cfg: 
     def tag(todo: list[Sample]) -> list[Prediction]:
         return tag_samples(model_dir, todo, cfg, progress=options.progress).predictions
 
-    return _stream(data, out, cfg, options, tag, _model_types(model_dir), refine=True)
+    from .ground.groundability import Groundability
+
+    groundability = Groundability.load(model_dir)
+    if groundability is not None:
+        groundability = groundability.at_recall(cfg.ground.groundability_recall)
+    return _stream(data, out, cfg, options, tag, _model_types(model_dir), refine=True, groundability=groundability)
 
 
 def ground_file(data: str | Path, out: str | Path, cfg: RunConfig, options: RunOptions = RunOptions()) -> dict:
@@ -251,7 +268,7 @@ def _model_types(model_dir: str | Path) -> tuple[str, ...]:
     return tuple(sorted({lab[2:] for lab in read_labels(model_dir) if lab != "O"}))
 
 
-def _stream(data, out, cfg: RunConfig, options: RunOptions, predict, types, refine: bool) -> dict:
+def _stream(data, out, cfg: RunConfig, options: RunOptions, predict, types, refine: bool, groundability=None) -> dict:
     from .data.jsonl import append_jsonl
 
     out = Path(out)
@@ -263,7 +280,7 @@ def _stream(data, out, cfg: RunConfig, options: RunOptions, predict, types, refi
     todo = [s for s in samples if s.id not in finished]
     timings["load"] += time.perf_counter() - t0
     notes: list[str] = []
-    stages = _LLMStages.open(cfg, types, data, options, counts, timings, notes, refine)
+    stages = _LLMStages.open(cfg, types, data, options, counts, timings, notes, refine, groundability)
     try:
         if stages.images is not None:
             stages.images.check_missing(todo, options.allow_missing_images)
@@ -278,6 +295,7 @@ def _stream(data, out, cfg: RunConfig, options: RunOptions, predict, types, refi
     finally:
         usage = stages.close()
     summary = _summary(samples, finished, preds, counts, timings, usage, notes, cfg)
+    summary["groundability"] = _groundability_summary(groundability, cfg, counts)
     _write_summary(Path(str(out) + ".summary.json"), summary)
     return summary
 
@@ -292,12 +310,27 @@ def _summary(samples, finished, tagged, counts, timings, usage, notes, cfg) -> d
         "samples_sent_to_refinement": sum(1 for p in tagged if p.delegated),
         "counts": dict(sorted(counts.items())),
         "llm_calls": {"attempted": counts["llm_calls"], "failed_transport": counts["llm_calls_failed"]},
+        "calls_per_sample": {**{stage: round(counts[f"calls_{stage}"] / max(1, len(tagged)), 4)
+                                for stage in ("combined", "refinement", "grounding")},
+                             "total": round(counts["llm_calls"] / max(1, len(tagged)), 4)},
         "rows_marked_retry": counts["rows_marked_retry"],
         "llm": usage,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
         "llm_configured": cfg.llm.configured,
         "notes": notes,
     }
+
+
+def _groundability_summary(groundability, cfg: RunConfig, counts: Counter) -> dict | None:
+    if groundability is None:
+        return None
+    dev = groundability.dev
+    kept = groundability.dev_boxed
+    recall = sum(1 for p in kept if p >= groundability.threshold) / len(kept) if kept else dev.get("recall_of_boxed_entities")
+    return {"active": cfg.ground.skip_ungroundable, "threshold": round(groundability.threshold, 5),
+            "target_recall": groundability.target_recall, "dev_auroc": dev.get("auroc"),
+            "posts_skipped": counts["grounding_skipped_groundability"],
+            "estimated_recall_lost": round(1 - recall, 4) if recall is not None else None}
 
 
 def _write_summary(path: Path, summary: dict) -> None:
@@ -334,9 +367,10 @@ class _LLMStages:
     counts: Counter
     timings: Counter
     refine: bool = True
+    groundability: object | None = None
 
     @classmethod
-    def open(cls, cfg, types, data, options: RunOptions, counts, timings, notes, refine=True):
+    def open(cls, cfg, types, data, options: RunOptions, counts, timings, notes, refine=True, groundability=None):
         from .synth.typesets import load_typeset
 
         typeset = load_typeset(cfg.synth.typeset)
@@ -344,7 +378,7 @@ class _LLMStages:
             notes.append("no LLM configured: refinement and grounding were skipped; the gate kept every entity "
                          "and every entity has an empty box list; rows with entities are marked for a retry, "
                          "which a rerun with an LLM does")
-            return cls(cfg, None, None, None, None, None, {}, types, typeset, counts, timings, refine)
+            return cls(cfg, None, None, None, None, None, {}, types, typeset, counts, timings, refine, groundability)
         from .llm import LLMClient
 
         client = LLMClient(cfg.llm, show_progress=options.progress)
@@ -356,42 +390,76 @@ class _LLMStages:
             notes.append("no --demos: grounding ran zero-shot, without demonstrations")
         else:
             selector, embed, image_embed, demo_images = _demo_selector(cfg, options, client, notes)
-        return cls(cfg, client, imgs, selector, embed, image_embed, demo_images, types, typeset, counts, timings, refine)
+        return cls(cfg, client, imgs, selector, embed, image_embed, demo_images, types, typeset, counts, timings, refine,
+                   groundability)
 
     def process(self, samples: list[Sample], preds: list[Prediction]) -> list[Prediction]:
-        """Refined and grounded predictions for one chunk; rows whose LLM work failed are marked for a retry."""
+        """Refined and grounded predictions for one chunk; rows whose LLM work failed are marked for a retry.
+
+        A delegated post with an image gets one combined call (refine + ground), or two calls with
+        ``ground.combined = false``; a delegated post without an image is refined only. A post the gate
+        kept is grounded unless the groundability model says none of its entities is in the image.
+        """
+        from .refine import needs_refinement
+
         if self.client is None:
             return [self._mark(p, "no_llm") if p.entities else p for p in preds]
         self._failed: dict[int, set[str]] = {}
         t0 = time.perf_counter()
         sent = {s.id: self.images.sent(s) for s in samples}
-        if self.refine:
-            preds = self._refine(samples, preds, sent)
+        has_image = [sent[s.id] is not None for s in samples]
+        delegated = [self.refine and needs_refinement(p) for p in preds]
+        combined = [d and img and self.cfg.ground.combined for d, img in zip(delegated, has_image)]
+        preds = self._combined(samples, preds, sent, [i for i, c in enumerate(combined) if c])
+        preds = self._refine(samples, preds, sent, [i for i, (d, c) in enumerate(zip(delegated, combined)) if d and not c])
         self.timings["refine"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        preds = self._ground(samples, preds, sent)
+        todo = []
+        for i, p in enumerate(preds):
+            if combined[i] or not p.entities:
+                continue
+            if not has_image[i]:
+                self.counts["grounding_skipped_no_image"] += 1
+            elif not delegated[i] and self._ungroundable(p):
+                self.counts["grounding_skipped_groundability"] += 1
+                preds[i] = p.with_(meta={**p.meta, "grounding": "decided locally: no entity likely in the image"})
+            else:
+                todo.append(i)
+        preds = self._ground(samples, preds, sent, todo)
         self.timings["ground"] += time.perf_counter() - t0
         return [self._mark(p, *sorted(self._failed[i])) if i in self._failed else p for i, p in enumerate(preds)]
+
+    def _ungroundable(self, pred: Prediction) -> bool:
+        g = self.groundability
+        return g is not None and self.cfg.ground.skip_ungroundable and not g.needs_grounding(pred.tokens or (), pred.entities)
 
     def _mark(self, pred: Prediction, *reasons: str) -> Prediction:
         self.counts["rows_marked_retry"] += 1
         return pred.with_(meta={**pred.meta, "status": RETRY, "retry_reason": ", ".join(reasons)})
 
-    def _refine(self, samples, preds, sent) -> list[Prediction]:
+    def _combined(self, samples, preds, sent, todo: list[int]) -> list[Prediction]:
+        from .ground import combined
+
+        family = self.client.dialect.family
+        reqs = [combined.build_request(samples[i], preds[i], sent[samples[i].id], self._demos(samples[i], preds[i]),
+                                       self.typeset, family) for i in todo]
+        parses = [combined.parser(family, sent[samples[i].id]) for i in todo]
+        results = self.client.run(reqs, parses, desc="refine+ground")
+        return self._apply("combined", preds, todo, results,
+                           lambda i, value: combined.apply(samples[i], preds[i], value, sent[samples[i].id], self.types, family))
+
+    def _refine(self, samples, preds, sent, todo: list[int]) -> list[Prediction]:
         from . import refine
 
-        todo = [i for i, p in enumerate(preds) if refine.needs_refinement(p)]
         reqs = [refine.build_request(samples[i], preds[i], self.typeset, sent[samples[i].id]) for i in todo]
         results = self.client.run(reqs, refine.parse, desc="refinement")
         return self._apply("refinement", preds, todo, results,
                            lambda i, value: refine.merge(samples[i], preds[i], value, self.types))
 
-    def _ground(self, samples, preds, sent) -> list[Prediction]:
+    def _ground(self, samples, preds, sent, todo: list[int]) -> list[Prediction]:
         from . import ground
 
         family = self.client.dialect.family
-        todo = [i for i, p in enumerate(preds) if p.entities and sent[samples[i].id] is not None]
-        self.counts["grounding_skipped_no_image"] += sum(1 for i, p in enumerate(preds) if p.entities and sent[samples[i].id] is None)
         reqs = [ground.build_request(samples[i], preds[i].entities, sent[samples[i].id], self._demos(samples[i], preds[i]),
                                      family, self.typeset) for i in todo]
         parses = [ground.parser(family, sent[samples[i].id]) for i in todo]
@@ -404,6 +472,7 @@ class _LLMStages:
         preds = list(preds)
         for i, res in zip(todo, results):
             self.counts["llm_calls"] += 1
+            self.counts[f"calls_{stage}"] += 1
             if not res.ok:
                 self.counts[f"{stage}_fallback_{res.reason}"] += 1
                 if res.reason == "transport":  # the endpoint, not the model, failed: worth doing again

@@ -26,15 +26,22 @@ MAX_BOXES = 4  # per entity: a bound for constrained decoding
 
 
 @lru_cache(maxsize=None)
-def _template(name: str) -> Template:
+def load_template(name: str) -> Template:
+    """A grounding prompt template by file name (read once)."""
     return Template.load(PROMPTS / name)
 
 
 def instructions(family: Family, typeset: TypeSet) -> tuple[Template, str]:
     """The family's grounding template and its filled-in instruction text."""
-    template = _template(family.template)
-    rules = (PROMPTS / "rules.txt").read_text(encoding="utf-8").format(types=typeset.describe())
-    return template, template.text.format(coords=family.convention.describe(), rules=rules).strip()
+    template = load_template(family.template)
+    return template, template.text.format(coords=family.convention.describe(), rules=rules(),
+                                          types=typeset.describe()).strip()
+
+
+@lru_cache(maxsize=None)
+def rules() -> str:
+    """The rules for what gets a box, shared by every grounding template."""
+    return (PROMPTS / "rules.txt").read_text(encoding="utf-8").strip()
 
 
 def schema(entities: Sequence[Entity]) -> dict:

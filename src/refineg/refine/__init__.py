@@ -69,7 +69,7 @@ def build_request(sample: Sample, pred: Prediction, typeset: TypeSet, image: Sen
         score = f", tagger confidence {e.score:.2f}" if e.score is not None else ""
         lines.append(f"- {mark}: \"{e.text}\" ({e.type}{score})")
     n_uncertain = sum(1 for e in pred.entities if e.decision == "delegate")
-    missing = _asks_for_additions(pred)
+    missing = asks_for_additions(pred)
     task = "\n".join(t for t, on in ((TASK_CHECK, n_uncertain > 0), (TASK_MISSING, missing)) if on)
     prompt = template.text.format(domain=typeset.domain, types=typeset.describe(), text=sample.text,
                                   entities="\n".join(lines) or "- (none)", task=task,
@@ -83,7 +83,8 @@ def build_request(sample: Sample, pred: Prediction, typeset: TypeSet, image: Sen
                       schema(typeset.names, max_items), sample.id)
 
 
-def _asks_for_additions(pred: Prediction) -> bool:
+def asks_for_additions(pred: Prediction) -> bool:
+    """True when the gate flagged the sample as maybe missing an entity (so additions are asked for and kept)."""
     # Predictions written before the flag existed carry only `delegated`: no uncertain entity means flagged.
     return pred.maybe_missing or (pred.delegated and not any(e.decision == "delegate" for e in pred.entities))
 
@@ -118,7 +119,7 @@ def merge(sample: Sample, pred: Prediction, refined: list[RefinedEntity], types:
     taken = {i for e in kept for i in range(e.start, e.end)}
     added: list[Entity] = []
     by_lower = {t.lower(): t for t in types}
-    may_add = _asks_for_additions(pred)
+    may_add = asks_for_additions(pred)
     uncertain = {i for (s, e) in delegated for i in range(s, e)}
     for r in refined:
         etype = r.type if r.type in types else by_lower.get(r.type.lower())

@@ -1,0 +1,120 @@
+"""Refinement and grounding of a delegated post in one request (the seed's single call per post).
+
+The answer merges the two formats: every entity of the post after the corrections, each with its
+boxes. Every safeguard of the two-call path holds: KEPT entities stay as the tagger gave them,
+refined texts must occur in the post, additions count only where the gate flagged the post as
+missing one, and boxes are mapped back to original pixels and clipped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Sequence
+
+from pydantic import BaseModel, Field
+
+from .. import refine
+from ..data.images import SentImage
+from ..eval.metrics import normalise
+from ..llm import LLMRequest, image_part, parse_answer
+from ..llm.families import Family
+from ..llm.replies import Reading, read_boxes
+from ..synth.typesets import TypeSet
+from ..types import Prediction, Sample
+from . import GENERIC, MAX_BOXES, Grounded, apply_boxes, load_template, rules
+
+TEMPLATE = "refine_ground.txt"
+
+
+class _Item(BaseModel):
+    text: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+
+
+class _Answer(BaseModel):
+    entities: list[_Item]
+
+
+@dataclass(frozen=True)
+class CombinedAnswer:
+    """The corrected entity list and the boxes of the same reply."""
+
+    entities: list[refine.RefinedEntity]
+    reading: Reading
+
+
+def schema(types: Sequence[str], max_items: int) -> dict:
+    """Reasoning first, then at most max_items entities of our types, each with at most MAX_BOXES boxes."""
+    box = {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
+    item = {"type": "object", "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 200},
+                                             "type": {"enum": list(types)},
+                                             "boxes": {"type": "array", "items": box, "maxItems": MAX_BOXES}},
+            "required": ["text", "type", "boxes"]}
+    return {"type": "object", "properties": {"reasoning": {"type": "string", "maxLength": refine.REASONING_CHARS},
+                                             "entities": {"type": "array", "items": item, "maxItems": max_items}},
+            "required": ["reasoning", "entities"]}
+
+
+def build_request(sample: Sample, pred: Prediction, image: SentImage, demos: Sequence[tuple[Sample, SentImage]],
+                  typeset: TypeSet, family: Family = GENERIC) -> LLMRequest:
+    """One request: the demos (image, post, gold entities with boxes), then the post with its KEPT and UNCERTAIN entities."""
+    template = load_template(TEMPLATE)
+    n_uncertain = sum(1 for e in pred.entities if e.decision == "delegate")
+    missing = refine.asks_for_additions(pred)
+    task = "\n".join(t for t, on in ((refine.TASK_CHECK, n_uncertain > 0), (refine.TASK_MISSING, missing)) if on)
+    text = template.text.format(domain=typeset.domain, types=typeset.describe(), rules=rules(), task=task,
+                                coords=family.convention.describe(), type_names=", ".join(typeset.names)).strip()
+    conv = family.convention
+    content: list[dict] = [{"type": "text", "text": text}]
+    for k, (demo, demo_image) in enumerate(demos, 1):
+        answer = {"entities": [{"text": e.text, "type": e.type, "boxes": [conv.from_original(b, demo_image) for b in e.boxes]}
+                               for e in demo.entities]}
+        w, h = demo_image.sent_size
+        content += [{"type": "text", "text": f"Example {k}. Image ({w}x{h} pixels):"}, image_part(demo_image),
+                    {"type": "text", "text": f"Post: {demo.text}\nAnswer: {_json(answer)}"}]
+    lines = [f"- {'UNCERTAIN' if e.decision == 'delegate' else 'KEPT'}: \"{e.text}\" ({e.type}"
+             + (f", tagger confidence {e.score:.2f}" if e.score is not None else "") + ")" for e in pred.entities]
+    w, h = image.sent_size
+    content += [{"type": "text", "text": f"Now the post to answer. Image ({w}x{h} pixels):"}, image_part(image),
+                {"type": "text", "text": f"POST: {sample.text}\nEntities found by the tagger:\n"
+                                         + ("\n".join(lines) or "- (none)")}]
+    max_items = len(pred.entities) + (3 if missing else 1)
+    return LLMRequest("combined", f"{template.name}:{family.name}", template.version,
+                      [{"role": "user", "content": content}], schema(typeset.names, max_items), sample.id)
+
+
+def _json(obj) -> str:
+    import json
+
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def parse(text: str, family: Family = GENERIC, image: SentImage | None = None) -> CombinedAnswer:
+    """The corrected entities and the boxes of one reply; ParseError if it has no entity list."""
+    entities = parse_answer(text, _Answer).entities
+    reading = read_boxes(text, lambda values: family.convention.fits(values, image))
+    return CombinedAnswer([refine.RefinedEntity(text=e.text, type=e.type) for e in entities], reading)
+
+
+def parser(family: Family, image: SentImage | None):
+    """parse() bound to one family and one sent image."""
+    return lambda text: parse(text, family, image)
+
+
+def apply(sample: Sample, pred: Prediction, answer: CombinedAnswer, image: SentImage, types: tuple[str, ...],
+          family: Family = GENERIC) -> Grounded:
+    """The merged prediction (kept entities untouched, uncertain ones corrected) with boxes from the same reply."""
+    kept = {(normalise(e.text), e.type) for e in pred.entities if e.decision != "delegate"}
+    counts: Counter = Counter()
+    refined = []
+    for r in answer.entities:
+        if (normalise(r.text), r.type) in kept:
+            counts["kept_echoed"] += 1  # the answer repeats a KEPT entity, as asked: nothing to merge
+        else:
+            refined.append(r)
+    merged = refine.merge(sample, pred, refined, types)
+    grounded = apply_boxes(merged.prediction, answer.reading, image, family)
+    counts.update({f"refine_{k}": v for k, v in merged.counts.items()})
+    counts.update(grounded.counts)
+    return Grounded(grounded.prediction, counts)
