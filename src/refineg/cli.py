@@ -270,6 +270,10 @@ def train(
     out.print(f"gate ({g.mode}): AUROC {g.auroc:.4f}, delegates {g.delegation_rate:.1%} of entities, "
               f"catches {g.errors_caught:.1%} of wrong entities; flags {g.sample_flag_rate:.1%} of samples "
               f"holding {g.misses_in_flagged:.1%} of missed entities")
+    gr = result.meta.get("groundability")
+    if gr:
+        out.print(f"groundability: dev AUROC {gr['auroc']:.4f}; keeps {gr['recall_of_boxed_entities']:.1%} of boxed "
+                  f"entities while {gr['posts_skipped']} of {gr['posts_with_entities']} dev posts need no grounding call")
     out.print(f"saved {out_dir}")
 
 
@@ -455,6 +459,15 @@ def _run_options(images, demos, demo_ids, clip, strict, allow_missing_images, qu
 def _print_run(summary: dict, out_path: Path) -> None:
     """The end of a run: counts and notes; exit 1 when every LLM call failed."""
     out.print(f"{summary['processed']} samples processed ({summary['resumed_done']} already done) -> {out_path}")
+    c = summary["calls_per_sample"]
+    if summary["llm_calls"]["attempted"]:
+        cost = summary["llm"].get("total", {}).get("cost", 0.0)
+        out.print(f"MLLM calls per sample: {c['total']:.3f} (combined {c['combined']:.3f}, refinement {c['refinement']:.3f}, "
+                  f"grounding {c['grounding']:.3f})" + (f"; cost {cost:.4f}" if cost else ""))
+    g = summary.get("groundability")
+    if g and g["active"] and summary["llm_calls"]["attempted"]:
+        out.print(f"groundability gate: {g['posts_skipped']} posts needed no grounding call (threshold {g['threshold']:.3f}, "
+                  f"dev AUROC {g['dev_auroc']}, estimated recall of boxed entities lost {g['estimated_recall_lost']:.1%})")
     for key, val in summary["counts"].items():
         out.print(f"  {key}: {val}")
     for note in summary["notes"]:
