@@ -119,6 +119,9 @@ class TaggerConfig(BaseModel):
     weight_decay: float = Field(0.01, ge=0)
     seed: int = 13
     threads: int = Field(2, ge=1)
+    batch_invariant: bool = Field(True, description="tag in float64, so that a post's scores do not depend on the "
+                                  "other posts of its batch (predict, the Python API and the service agree to the "
+                                  "last digit); False is about 1.6x faster on CPU")
 
 
 class GateConfig(BaseModel):

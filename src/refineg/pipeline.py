@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -114,8 +114,12 @@ class TagResult:
 def tag_samples(model_dir: str | Path, samples: Sequence[Sample], cfg: RunConfig, mc_samples: int = 0,
                 progress: bool = True) -> TagResult:
     """Tag samples with a saved model and apply its gate (which keeps everything without an LLM)."""
-    tagger = Tagger.load(model_dir)
-    gate = GateCalibration.load(model_dir)
+    with Pipeline(model_dir, cfg) as nlp:
+        return nlp.tag(samples, mc_samples, progress)
+
+
+def _tag_and_gate(tagger: Tagger, gate: GateCalibration, samples: Sequence[Sample], cfg: RunConfig, mc_samples: int,
+                  progress: bool) -> TagResult:
     t0 = time.perf_counter()
     tagged = tagger.predict_detailed(samples, mc_samples=mc_samples, progress=progress)
     speed = len(samples) / max(1e-9, time.perf_counter() - t0)
@@ -180,9 +184,10 @@ def done_ids(out: Path, llm_configured: bool = True) -> set[str]:
     return ids
 
 
-def _folders(images, data: str | Path) -> list[Path]:
+def _folders(images, data: str | Path | None) -> list[Path]:
     given = [Path(p) for p in ([images] if isinstance(images, (str, Path)) else images or [])]
-    return given + [Path(data).parent, Path(data).parent.parent / "images"]
+    extra = [Path(data).parent, Path(data).parent.parent / "images"] if data is not None else []
+    return given + [f for f in extra if f not in given]
 
 
 @dataclass
@@ -193,8 +198,13 @@ class _Images:
     strict: bool
     client: object | None
     counts: Counter
+    inline: dict = field(default_factory=dict)  # images handed over in memory (the Python API, the service)
 
     def path(self, sample: Sample) -> Path | None:
+        if sample.image and Path(sample.image).is_absolute():
+            return Path(sample.image) if Path(sample.image).is_file() else None
+        if sample.image and not self.folders and Path(sample.image).is_file():
+            return Path(sample.image)
         return find_image(sample.image, self.folders)
 
     def check_missing(self, samples: Sequence[Sample], allow: bool) -> None:
@@ -209,6 +219,8 @@ class _Images:
 
     def sent(self, sample: Sample):
         """The SentImage of a sample, or None (counted) when it is missing or unreadable."""
+        if sample.image in self.inline:
+            return self._inline_sent(sample)
         path = self.path(sample)
         try:
             if path is None:
@@ -221,6 +233,27 @@ class _Images:
             self.counts["missing_or_corrupt_image"] += 1
             log.warning("%s: processed from text alone: %s", sample.id, exc)
             return None
+
+    def _inline_sent(self, sample: Sample):
+        try:
+            return self.client.image(_decoded(self.inline[sample.image]))
+        except DataError as exc:
+            if self.strict:
+                raise
+            self.counts["missing_or_corrupt_image"] += 1
+            log.warning("%s: processed from text alone: %s", sample.id, exc)
+            return None
+
+
+def _decoded(image):
+    """A PIL image from an in-memory image or its encoded bytes."""
+    import io
+
+    from .data.images import open_image
+
+    if isinstance(image, (bytes, bytearray)):
+        return open_image(io.BytesIO(bytes(image)))
+    return image
 
 
 @dataclass(frozen=True)
@@ -240,15 +273,10 @@ class RunOptions:
 def run_pipeline(model_dir: str | Path, data: str | Path, out: str | Path, cfg: RunConfig,
                  options: RunOptions = RunOptions()) -> dict:
     """Tag, gate, refine, ground and stream predictions to out; a rerun skips ids already final."""
-    def tag(todo: list[Sample]) -> list[Prediction]:
-        return tag_samples(model_dir, todo, cfg, progress=options.progress).predictions
-
-    from .ground.groundability import Groundability
-
-    groundability = Groundability.load(model_dir)
-    if groundability is not None:
-        groundability = groundability.at_recall(cfg.ground.groundability_recall)
-    return _stream(data, out, cfg, options, tag, _model_types(model_dir), refine=True, groundability=groundability)
+    options = replace(options, images=tuple(_folders(options.images, data)))
+    with Pipeline(model_dir, cfg, options) as nlp:
+        return _stream(data, out, cfg, options, lambda todo: nlp.tag(todo, progress=options.progress).predictions,
+                       nlp.stages)
 
 
 def ground_file(data: str | Path, out: str | Path, cfg: RunConfig, options: RunOptions = RunOptions()) -> dict:
@@ -259,7 +287,12 @@ def ground_file(data: str | Path, out: str | Path, cfg: RunConfig, options: RunO
 
     from .synth.typesets import load_typeset
 
-    return _stream(data, out, cfg, options, given, load_typeset(cfg.synth.typeset).names, refine=False)
+    options = replace(options, images=tuple(_folders(options.images, data)))
+    stages = _LLMStages.open(cfg, load_typeset(cfg.synth.typeset).names, options, refine=False)
+    try:
+        return _stream(data, out, cfg, options, given, stages)
+    finally:
+        stages.close()
 
 
 def _model_types(model_dir: str | Path) -> tuple[str, ...]:
@@ -268,34 +301,28 @@ def _model_types(model_dir: str | Path) -> tuple[str, ...]:
     return tuple(sorted({lab[2:] for lab in read_labels(model_dir) if lab != "O"}))
 
 
-def _stream(data, out, cfg: RunConfig, options: RunOptions, predict, types, refine: bool, groundability=None) -> dict:
+def _stream(data, out, cfg: RunConfig, options: RunOptions, predict, stages: _LLMStages) -> dict:
     from .data.jsonl import append_jsonl
 
     out = Path(out)
-    timings: Counter = Counter()
-    counts: Counter = Counter()
+    counts, timings = stages.counts, stages.timings
     t0 = time.perf_counter()
     samples = load_samples(data)
     finished = done_ids(out, cfg.llm.configured)
     todo = [s for s in samples if s.id not in finished]
     timings["load"] += time.perf_counter() - t0
-    notes: list[str] = []
-    stages = _LLMStages.open(cfg, types, data, options, counts, timings, notes, refine, groundability)
-    try:
-        if stages.images is not None:
-            stages.images.check_missing(todo, options.allow_missing_images)
-        t0 = time.perf_counter()
-        preds = predict(todo) if todo else []
-        timings["tag_and_gate"] += time.perf_counter() - t0
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("a", encoding="utf-8") as fh:
-            for k in range(0, len(todo), options.chunk):
-                for p in stages.process(todo[k:k + options.chunk], preds[k:k + options.chunk]):
-                    append_jsonl(p, fh)
-    finally:
-        usage = stages.close()
-    summary = _summary(samples, finished, preds, counts, timings, usage, notes, cfg)
-    summary["groundability"] = _groundability_summary(groundability, cfg, counts)
+    if stages.images is not None:
+        stages.images.check_missing(todo, options.allow_missing_images)
+    t0 = time.perf_counter()
+    preds = predict(todo) if todo else []
+    timings["tag_and_gate"] += time.perf_counter() - t0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as fh:
+        for k in range(0, len(todo), options.chunk):
+            for p in stages.process(todo[k:k + options.chunk], preds[k:k + options.chunk]):
+                append_jsonl(p, fh)
+    summary = _summary(samples, finished, preds, counts, timings, stages.usage(), stages.notes, cfg)
+    summary["groundability"] = _groundability_summary(stages.groundability, cfg, counts)
     _write_summary(Path(str(out) + ".summary.json"), summary)
     return summary
 
@@ -368,22 +395,25 @@ class _LLMStages:
     timings: Counter
     refine: bool = True
     groundability: object | None = None
+    notes: list = field(default_factory=list)
 
     @classmethod
-    def open(cls, cfg, types, data, options: RunOptions, counts, timings, notes, refine=True, groundability=None):
+    def open(cls, cfg, types, options: RunOptions, refine=True, groundability=None):
+        """The stages for a config: a pass-through without an LLM, else the client, images and demo index."""
         from .synth.typesets import load_typeset
 
         typeset = load_typeset(cfg.synth.typeset)
+        counts, timings, notes = Counter(), Counter(), []
         if not cfg.llm.configured:
             notes.append("no LLM configured: refinement and grounding were skipped; the gate kept every entity "
                          "and every entity has an empty box list; rows with entities are marked for a retry, "
                          "which a rerun with an LLM does")
-            return cls(cfg, None, None, None, None, None, {}, types, typeset, counts, timings, refine, groundability)
+            return cls(cfg, None, None, None, None, None, {}, types, typeset, counts, timings, refine, groundability, notes)
         from .llm import LLMClient
 
         client = LLMClient(cfg.llm, show_progress=options.progress)
         notes.append(client.dialect.note)
-        imgs = _Images(_folders(options.images, data), options.strict, client, counts)
+        imgs = _Images(list(options.images), options.strict, client, counts)
         selector = embed = image_embed = None
         demo_images: dict = {}
         if options.demos is None:
@@ -391,7 +421,7 @@ class _LLMStages:
         else:
             selector, embed, image_embed, demo_images = _demo_selector(cfg, options, client, notes)
         return cls(cfg, client, imgs, selector, embed, image_embed, demo_images, types, typeset, counts, timings, refine,
-                   groundability)
+                   groundability, notes)
 
     def process(self, samples: list[Sample], preds: list[Prediction]) -> list[Prediction]:
         """Refined and grounded predictions for one chunk; rows whose LLM work failed are marked for a retry.
@@ -495,13 +525,14 @@ class _LLMStages:
         picked = self.selector.select(sample, pred.entities, self.embed, image_vec)
         return [(self.selector.pool[i], self.demo_images[self.selector.pool[i].id]) for i in picked]
 
-    def close(self) -> dict:
-        """Stop the client; the LLM usage summary."""
-        if self.client is None:
-            return {}
-        summary = self.client.summary()
-        self.client.close()
-        return summary
+    def usage(self) -> dict:
+        """The LLM usage summary so far ({} without an LLM)."""
+        return self.client.summary() if self.client is not None else {}
+
+    def close(self) -> None:
+        """Stop the client (and the embedded server, if any)."""
+        if self.client is not None:
+            self.client.close()
 
 
 class _LazyImages(dict):
@@ -547,3 +578,125 @@ def _demo_selector(cfg, options: RunOptions, client, notes):
                                   image_vecs=image_vecs, weights=cfg.ground.weights, type_bonus=cfg.ground.type_bonus,
                                   k=cfg.ground.k)
     return selector, embed, image_embed, sent
+
+
+# ---- the loaded pipeline: one object for the CLI, Python callers and the service ----------------
+
+
+class Pipeline:
+    """A loaded model (tagger, gate, groundability) and, with an LLM, its client, images and demo index.
+
+    ``nlp(text)`` or ``nlp(tokens=[...], image=...)`` returns a Prediction; ``nlp.pipe(items)`` yields one
+    per item in input order, tagging in batches and running the LLM stages of a batch concurrently.
+    ``refineg predict``, ``refineg run`` and ``refineg serve`` all go through this object.
+    """
+
+    def __init__(self, model_dir: str | Path, cfg: RunConfig | None = None, options: RunOptions = RunOptions()):
+        import threading
+
+        from .config import load_config
+        from .ground.groundability import Groundability
+
+        self.model_dir = Path(model_dir)
+        self.cfg = cfg if cfg is not None else load_config()
+        self.options = options
+        self.tagger = Tagger.load(model_dir)
+        self.gate = GateCalibration.load(model_dir)
+        groundability = Groundability.load(model_dir)
+        self.groundability = groundability.at_recall(self.cfg.ground.groundability_recall) if groundability else None
+        self.types = _model_types(model_dir)
+        self._stages: _LLMStages | None = None
+        self._tag_lock = threading.Lock()  # one tagging batch at a time (PyTorch and the spaCy memo are shared)
+        self._open_lock = threading.Lock()
+        self._inline: dict[str, object] = {}
+        self._next_id = 0
+
+    @property
+    def stages(self) -> _LLMStages:
+        """Refinement and grounding, opened on first use (the LLM client and the demo index load once)."""
+        with self._open_lock:
+            if self._stages is None:
+                self._stages = _LLMStages.open(self.cfg, self.types, self.options, True, self.groundability)
+                if self._stages.images is not None:
+                    self._stages.images.inline = self._inline
+        return self._stages
+
+    def tag(self, samples: Sequence[Sample], mc_samples: int = 0, progress: bool = False) -> TagResult:
+        """Tagger and gate only: every entity with a score and a keep/delegate decision."""
+        with self._tag_lock:
+            return _tag_and_gate(self.tagger, self.gate, samples, self.cfg, mc_samples, progress)
+
+    def process(self, samples: Sequence[Sample], preds: Sequence[Prediction] | None = None) -> list[Prediction]:
+        """The whole pipeline for samples (given predictions skip the tagger): tag, gate, refine, ground."""
+        samples = list(samples)
+        preds = list(preds) if preds is not None else self.tag(samples).predictions
+        return self.stages.process(samples, preds)
+
+    def __call__(self, text: str | None = None, *, tokens: Sequence[str] | None = None, image=None,
+                 id: str | None = None) -> Prediction:
+        """The prediction for one post (raw text is tokenised the Twitter-GMNER way)."""
+        return self.process([self.sample(text, tokens=tokens, image=image, id=id)])[0]
+
+    def pipe(self, items, batch_size: int = 32):
+        """Predictions for items (str, dict with text/tokens/image/id, or Sample), in input order."""
+        batch: list[Sample] = []
+        for item in items:
+            batch.append(self.sample(**item) if isinstance(item, dict) else item if isinstance(item, Sample)
+                         else self.sample(item))
+            if len(batch) >= batch_size:
+                yield from self.process(batch)
+                batch = []
+        if batch:
+            yield from self.process(batch)
+
+    def sample(self, text: str | None = None, *, tokens: Sequence[str] | None = None, image=None,
+               id: str | None = None) -> Sample:
+        """A Sample from raw text or tokens and an optional image (a path, a PIL image or encoded bytes)."""
+        from .data.tokenize import tokenize
+
+        if (text is None) == (tokens is None):
+            raise DataError("give the post as text or as tokens (one of them)", sample=id)
+        if tokens is not None and not all(isinstance(t, str) for t in tokens):
+            raise DataError("tokens must be strings", sample=id)
+        toks = tuple(tokens) if tokens is not None else tuple(tokenize(text))
+        with self._open_lock:
+            self._next_id += 1
+            sid = str(id) if id is not None else f"post-{self._next_id}"
+        name = None
+        if image is not None:
+            if isinstance(image, (str, Path)):
+                name = str(image)
+            else:  # a PIL image or the bytes of an encoded image: kept in memory for this process
+                name = f"inline:{sid}:{self._next_id}"
+                self._inline[name] = image
+        return Sample(sid, toks, image=name, raw_text=text)
+
+    def forget_image(self, sample: Sample) -> None:
+        """Drop an in-memory image once its sample is done (the service does this after every request)."""
+        if sample.image:
+            self._inline.pop(sample.image, None)
+
+    def close(self) -> None:
+        """Stop the LLM client (and an embedded server)."""
+        if self._stages is not None:
+            self._stages.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load(model_dir: str | Path, llm: dict | None = None, demos: str | Path | None = None,
+         demo_ids: Sequence[str] | None = None, images: Sequence[str | Path] = (), config: str | Path | None = None,
+         settings: dict[str, dict] | None = None, **options) -> Pipeline:
+    """A Pipeline for MODEL_DIR; ``llm`` holds LLM settings (base_url, model, box_format, ...), ``demos`` the
+    labelled pool of grounding demonstrations, ``settings`` other config sections ({"ground": {...}}), and
+    ``config`` a TOML file. Without an LLM it is text-only GMNER (tagger and gate)."""
+    from .config import load_config
+
+    cfg = load_config(Path(config) if config else None, {**(settings or {}), "llm": dict(llm or {})})
+    opts = RunOptions(images=tuple(Path(p) for p in images), demos=Path(demos) if demos else None,
+                      demo_ids=tuple(demo_ids) if demo_ids else None, progress=False, **options)
+    return Pipeline(model_dir, cfg, opts)

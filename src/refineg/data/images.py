@@ -9,7 +9,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -52,15 +52,20 @@ def find_image(name: str | None, folders: list[Path]) -> Path | None:
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding (a 20000x20000 file would need 1.2 GB)
 
 
-def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """The image at path as upright RGB (EXIF orientation applied); DataError if missing, corrupt or too large."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("image not found", path)
+def open_image(path: str | Path | IO[bytes], max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The image at path (or in a binary file object) as upright RGB, EXIF orientation applied;
+    DataError if missing, corrupt or too large."""
+    source = path
+    if isinstance(path, (str, Path)):
+        path = source = Path(path)
+        if not path.is_file():
+            raise DataError("image not found", path)
+    else:
+        path = "<image data>"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 if im.width * im.height > max_pixels:
                     raise DataError(f"image too large: {im.width}x{im.height} pixels (limit {max_pixels:,})", path)
                 im.load()

@@ -14,6 +14,14 @@ from ..types import Entity, Prediction, Sample
 from .charts import reliability_svg, risk_coverage_svg
 
 TEMPLATE = Path(__file__).parent / "template.html"
+RENDER_JS = Path(__file__).parent / "render.js"
+RENDER_CSS = Path(__file__).parent / "render.css"
+
+
+def with_renderer(page: str) -> str:
+    """A page with the shared sample renderer's script and style filled in (the report and the service page)."""
+    return (page.replace("__RENDER_CSS__", RENDER_CSS.read_text(encoding="utf-8"))
+                .replace("__RENDER_JS__", RENDER_JS.read_text(encoding="utf-8")))
 PALETTE = ["#d7263d", "#1b65b0", "#2e933c", "#f08a24", "#8e44ad", "#16a2a6", "#b5651d", "#e84393", "#7f8c8d"]
 THUMB_SIDE = 480
 
@@ -90,7 +98,7 @@ def build_report(preds: Sequence[Prediction], gold: Sequence[Sample] | None, out
     kept = sum(1 for e in ents if e.decision != "delegate") / len(ents) if ents else None
     charts = (reliability_svg(scores, correct) + risk_coverage_svg(scores, correct, kept)) if gold else \
         '<p class="note">No gold data given: no metrics or charts.</p>'
-    page = TEMPLATE.read_text(encoding="utf-8")
+    page = with_renderer(TEMPLATE.read_text(encoding="utf-8"))
     data = json.dumps({"samples": views, "colors": colors}, ensure_ascii=False).replace("</", "<\\/")
     legend = " ".join(f'<span><b style="color:{c}">&#9632;</b> {html.escape(t)}</span>' for t, c in colors.items())
     page = (page.replace("__SUBTITLE__", html.escape(title or f"{len(preds)} samples"))

@@ -114,6 +114,8 @@ class Tagger:
         self.config = config
         self.aligner = Aligner(tokenizer, config.max_subtokens)
         self.labels = model.labels
+        self.frozen = False  # True once trained or loaded: the weights no longer change
+        self._double: TaggerModel | None = None
         self._o = self.labels.index("O")
 
     def encode(self, batch_words: list[list[str]]):
@@ -171,6 +173,21 @@ class Tagger:
                 out[i] = tagged
         return out  # type: ignore[return-value]
 
+    def _inference_model(self) -> TaggerModel:
+        """The model predictions run on: a float64 copy when batch invariance is asked for, else the model itself.
+
+        In float32 a post's scores move by about 1e-6 with the other posts of its batch (padding changes
+        the shapes the kernels see); in float64 that noise is about 1e-15, so `predict`, the Python API and
+        the service agree to every digit written.
+        """
+        if not (self.config.batch_invariant and self.frozen):
+            return self.model
+        if self._double is None:
+            import copy
+
+            self._double = copy.deepcopy(self.model).double().eval()
+        return self._double
+
     def _predict_batch(self, batch: list[Sample], mc_samples: int) -> list[Tagged]:
         results = {s.id: Tagged(Prediction(s.id, (), tokens=s.tokens, image=s.image, missing_score=0.0), ())
                    for s in batch if not s.tokens}
@@ -178,25 +195,26 @@ class Tagger:
         if nonempty:
             words = [list(s.tokens) for s in nonempty]
             enc = self.encode(words)
-            self.model.eval()
-            em = self.model.emissions(enc)
-            paths = self.model.crf.decode(em, mask=enc.word_mask)
-            single = _Lattice.of(self.model.crf, em, enc.word_mask)
-            mc = [_Lattice.of(self.model.crf, e, enc.word_mask) for e in self._mc_emissions(enc, mc_samples)]
+            model = self._inference_model()
+            model.eval()
+            em = model.emissions(enc)
+            paths = model.crf.decode(em, mask=enc.word_mask)
+            single = _Lattice.of(model.crf, em, enc.word_mask)
+            mc = [_Lattice.of(model.crf, e, enc.word_mask) for e in self._mc_emissions(model, enc, mc_samples)]
             priors = enc.prior_ids.numpy() if self.prior is not None else None
             for b, sample in enumerate(nonempty):
                 results[sample.id] = self._tagged(sample, b, paths[b], single, mc, None if priors is None else priors[b])
         return [results[s.id] for s in batch]
 
-    def _mc_emissions(self, enc, n: int) -> list[torch.Tensor]:
+    def _mc_emissions(self, model: TaggerModel, enc, n: int) -> list[torch.Tensor]:
         """Emissions of n passes with dropout on (MC dropout)."""
         if not n:
             return []
-        self.model.train()
+        model.train()
         try:
-            return [self.model.emissions(enc) for _ in range(n)]
+            return [model.emissions(enc) for _ in range(n)]
         finally:
-            self.model.eval()
+            model.eval()
 
     def _tagged(self, sample: Sample, b: int, path: list[int], lat: _Lattice, mc: list[_Lattice],
                 prior: np.ndarray | None) -> Tagged:
@@ -269,7 +287,9 @@ class Tagger:
                               f"{str(exc).splitlines()[0][:200]})") from None
         model.eval()
         lexicon = _read_json(model_dir / LEXICON, dict) if (model_dir / LEXICON).is_file() else None
-        return cls(model, tokenizer, config, prior, lexicon)
+        tagger = cls(model, tokenizer, config, prior, lexicon)
+        tagger.frozen = True
+        return tagger
 
 
 def _stitch(sample: Sample, spans: list[tuple[int, int]], parts: list[Tagged]) -> Tagged:

@@ -145,6 +145,7 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
     report.best_epoch, report.best_dev_f1 = snapshots[0].epoch, snapshots[0].f1
     report.soup_epochs, report.soup_dev_f1 = _greedy_soup(tagger, snapshots, dev)
     model.eval()
+    tagger.frozen = True  # from here on, predictions may use the batch-invariant copy
     report.seconds = round(time.perf_counter() - t0, 1)
     return tagger, report
 
