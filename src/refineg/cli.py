@@ -483,6 +483,37 @@ def _print_run(summary: dict, out_path: Path) -> None:
 
 
 @app.command()
+def serve(
+    model: Path = typer.Option(..., "--model", help="MODEL_DIR from `refineg train`."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback unless told otherwise)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    images: Optional[list[Path]] = IMAGES,
+    demos: Optional[Path] = typer.Option(None, "--demos", help="Labelled pool of grounding demonstrations (e.g. train)."),
+    demo_ids: Optional[Path] = typer.Option(None, "--demo-ids", help="Keep only these demo ids."),
+    clip: Optional[str] = typer.Option(None, "--clip", help="CLIP model name or path for image similarity."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Require 'Authorization: Bearer KEY', KEY "
+                                              "read from this environment variable."),
+    max_body_mb: float = typer.Option(20.0, "--max-body-mb", min=0.001, help="Larger request bodies get 413."),
+    config: Optional[Path] = CONFIG, llm_base_url: Optional[str] = LLM_BASE_URL, llm_model: Optional[str] = LLM_MODEL,
+    llm_gguf: Optional[Path] = LLM_GGUF, llm_mmproj: Optional[Path] = LLM_MMPROJ,
+    llm_concurrency: Optional[int] = LLM_CONCURRENCY, llm_timeout: Optional[float] = LLM_TIMEOUT,
+    llm_retries: Optional[int] = LLM_RETRIES, no_cache: bool = NO_CACHE, cache_dir: Optional[Path] = CACHE_DIR,
+    no_json_schema: bool = NO_JSON_SCHEMA, llm_box_format: Optional[str] = BOX_FORMAT, verbose: bool = VERBOSE,
+) -> None:
+    """Serve GMNER over HTTP: POST /v1/gmner, GET /healthz, a page at / and the API docs at /docs."""
+    from .pipeline import Pipeline
+    from .service import serve as run_service
+
+    cfg = run_config(config, llm_base_url, llm_model, llm_gguf, llm_mmproj, llm_concurrency, llm_timeout,
+                     llm_retries, no_cache, cache_dir, no_json_schema, llm_box_format, verbose)
+    options = _run_options(images, demos, demo_ids, clip, False, True, True)
+    with Pipeline(model, cfg, options) as nlp:
+        nlp.warm()
+        err.print(f"refineg serve: http://{host}:{port}/ (model {model}; LLM {cfg.llm.model or cfg.llm.gguf or 'none'})")
+        run_service(nlp, host, port, api_key_env, int(max_body_mb * 1_000_000))
+
+
+@app.command()
 def report(
     pred: Path = typer.Argument(..., help="Predictions (canonical JSONL)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for index.html."),

@@ -434,14 +434,15 @@ class _LLMStages:
 
         if self.client is None:
             return [self._mark(p, "no_llm") if p.entities else p for p in preds]
-        self._failed: dict[int, set[str]] = {}
+        failed: dict[int, set[str]] = {}  # local: the service runs several chunks at once
         t0 = time.perf_counter()
         sent = {s.id: self.images.sent(s) for s in samples}
         has_image = [sent[s.id] is not None for s in samples]
         delegated = [self.refine and needs_refinement(p) for p in preds]
         combined = [d and img and self.cfg.ground.combined for d, img in zip(delegated, has_image)]
-        preds = self._combined(samples, preds, sent, [i for i, c in enumerate(combined) if c])
-        preds = self._refine(samples, preds, sent, [i for i, (d, c) in enumerate(zip(delegated, combined)) if d and not c])
+        preds = self._combined(samples, preds, sent, [i for i, c in enumerate(combined) if c], failed)
+        preds = self._refine(samples, preds, sent, [i for i, (d, c) in enumerate(zip(delegated, combined)) if d and not c],
+                             failed)
         self.timings["refine"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         todo = []
@@ -455,9 +456,9 @@ class _LLMStages:
                 preds[i] = p.with_(meta={**p.meta, "grounding": "decided locally: no entity likely in the image"})
             else:
                 todo.append(i)
-        preds = self._ground(samples, preds, sent, todo)
+        preds = self._ground(samples, preds, sent, todo, failed)
         self.timings["ground"] += time.perf_counter() - t0
-        return [self._mark(p, *sorted(self._failed[i])) if i in self._failed else p for i, p in enumerate(preds)]
+        return [self._mark(p, *sorted(failed[i])) if i in failed else p for i, p in enumerate(preds)]
 
     def _ungroundable(self, pred: Prediction) -> bool:
         g = self.groundability
@@ -467,7 +468,7 @@ class _LLMStages:
         self.counts["rows_marked_retry"] += 1
         return pred.with_(meta={**pred.meta, "status": RETRY, "retry_reason": ", ".join(reasons)})
 
-    def _combined(self, samples, preds, sent, todo: list[int]) -> list[Prediction]:
+    def _combined(self, samples, preds, sent, todo: list[int], failed: dict) -> list[Prediction]:
         from .ground import combined
 
         family = self.client.dialect.family
@@ -475,18 +476,18 @@ class _LLMStages:
                                        self.typeset, family) for i in todo]
         parses = [combined.parser(family, sent[samples[i].id]) for i in todo]
         results = self.client.run(reqs, parses, desc="refine+ground")
-        return self._apply("combined", preds, todo, results,
+        return self._apply("combined", preds, todo, results, failed,
                            lambda i, value: combined.apply(samples[i], preds[i], value, sent[samples[i].id], self.types, family))
 
-    def _refine(self, samples, preds, sent, todo: list[int]) -> list[Prediction]:
+    def _refine(self, samples, preds, sent, todo: list[int], failed: dict) -> list[Prediction]:
         from . import refine
 
         reqs = [refine.build_request(samples[i], preds[i], self.typeset, sent[samples[i].id]) for i in todo]
         results = self.client.run(reqs, refine.parse, desc="refinement")
-        return self._apply("refinement", preds, todo, results,
+        return self._apply("refinement", preds, todo, results, failed,
                            lambda i, value: refine.merge(samples[i], preds[i], value, self.types))
 
-    def _ground(self, samples, preds, sent, todo: list[int]) -> list[Prediction]:
+    def _ground(self, samples, preds, sent, todo: list[int], failed: dict) -> list[Prediction]:
         from . import ground
 
         family = self.client.dialect.family
@@ -494,10 +495,11 @@ class _LLMStages:
                                      family, self.typeset) for i in todo]
         parses = [ground.parser(family, sent[samples[i].id]) for i in todo]
         results = self.client.run(reqs, parses, desc="grounding")
-        return self._apply("grounding", preds, todo, results,
+        return self._apply("grounding", preds, todo, results, failed,
                            lambda i, value: ground.apply_boxes(preds[i], value, sent[samples[i].id], family))
 
-    def _apply(self, stage: str, preds: list[Prediction], todo: list[int], results: list, update) -> list[Prediction]:
+    def _apply(self, stage: str, preds: list[Prediction], todo: list[int], results: list, failed: dict,
+               update) -> list[Prediction]:
         """Predictions with each parsed result applied; a failed result is a counted fallback that keeps the input."""
         preds = list(preds)
         for i, res in zip(todo, results):
@@ -507,7 +509,7 @@ class _LLMStages:
                 self.counts[f"{stage}_fallback_{res.reason}"] += 1
                 if res.reason == "transport":  # the endpoint, not the model, failed: worth doing again
                     self.counts["llm_calls_failed"] += 1
-                    self._failed.setdefault(i, set()).add(f"{stage} {res.reason}")
+                    failed.setdefault(i, set()).add(f"{stage} {res.reason}")
                 continue
             done = update(i, res.value)
             self.counts.update({f"{stage}_{k}": v for k, v in done.counts.items()})
@@ -620,6 +622,12 @@ class Pipeline:
                 if self._stages.images is not None:
                     self._stages.images.inline = self._inline
         return self._stages
+
+    def warm(self) -> None:
+        """Load what the first call would (the LLM client, the demo index, the float64 tagger copy) now."""
+        if self.cfg.llm.configured:
+            _ = self.stages
+        self.tag([Sample("warm-up", ("warm", "up"))])
 
     def tag(self, samples: Sequence[Sample], mc_samples: int = 0, progress: bool = False) -> TagResult:
         """Tagger and gate only: every entity with a score and a keep/delegate decision."""

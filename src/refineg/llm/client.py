@@ -9,8 +9,10 @@ result is a counted fallback (``value is None``), never an exception and never s
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
@@ -27,6 +29,8 @@ from .families import resolve
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_OPENAI: contextvars.ContextVar = contextvars.ContextVar("refineg_openai_client")
+_RUN_SLOTS: contextvars.ContextVar = contextvars.ContextVar("refineg_run_slots")
 
 REASK = ("Your last answer could not be used: {error}. Answer again, in the form the first message asked for, "
          "and put nothing after the answer.")
@@ -104,6 +108,8 @@ class LLMClient:
         folder = (cfg.cache_dir or default_cache_dir()) / "llm" if cfg.cache else None
         self.cache = ReplyCache(folder)
         self.images: dict[str, SentImage] = {}
+        # One limit for every run() of this client, even from several threads at once (the service).
+        self._slots = threading.BoundedSemaphore(cfg.concurrency)
 
     def close(self) -> None:
         """Close the cache and stop the embedded server, if any."""
@@ -143,11 +149,11 @@ class LLMClient:
     # ---- internals --------------------------------------------------------------------------
 
     async def _run(self, requests: list[LLMRequest], parses: list[Callable[[str], T]], desc: str) -> list[LLMResult[T]]:
-        self._sem = asyncio.Semaphore(self.config.concurrency)
         # Retries are ours (counted, with jitter); the library's own are switched off.
         async with openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key() or "not-needed",
                                       timeout=self.config.timeout, max_retries=0) as client:
-            self._client = client
+            _OPENAI.set(client)  # per run: the service runs several at once, each on its own event loop
+            _RUN_SLOTS.set(asyncio.Semaphore(self.config.concurrency))
             bar = tqdm(total=len(requests), desc=desc, disable=not self.show_progress or len(requests) < 2, leave=False)
 
             async def one(req: LLMRequest, parse: Callable[[str], T]) -> LLMResult[T]:
@@ -225,9 +231,14 @@ class LLMClient:
         last = None
         for attempt in range(1, cfg.max_retries + 2):
             try:
-                async with self._sem:
-                    self.usage.add(stage, requests=1)
-                    resp = await self._client.chat.completions.create(model=self.model, messages=messages, **params)
+                async with _RUN_SLOTS.get():  # this run's tasks queue here without polling
+                    while not self._slots.acquire(blocking=False):  # other runs (threads) share the limit
+                        await asyncio.sleep(0.002)
+                    try:
+                        self.usage.add(stage, requests=1)
+                        resp = await _OPENAI.get().chat.completions.create(model=self.model, messages=messages, **params)
+                    finally:
+                        self._slots.release()
                 text, finish = _reply_text(resp)
                 return text, _usage(resp), finish
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError) as exc:
