@@ -9,7 +9,6 @@ result is a counted fallback (``value is None``), never an exception and never s
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import random
 import threading
@@ -29,8 +28,6 @@ from .families import resolve
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_OPENAI: contextvars.ContextVar = contextvars.ContextVar("refineg_openai_client")
-_RUN_SLOTS: contextvars.ContextVar = contextvars.ContextVar("refineg_run_slots")
 
 REASK = ("Your last answer could not be used: {error}. Answer again, in the form the first message asked for, "
          "and put nothing after the answer.")
@@ -108,11 +105,18 @@ class LLMClient:
         folder = (cfg.cache_dir or default_cache_dir()) / "llm" if cfg.cache else None
         self.cache = ReplyCache(folder)
         self.images: dict[str, SentImage] = {}
-        # One limit for every run() of this client, even from several threads at once (the service).
-        self._slots = threading.BoundedSemaphore(cfg.concurrency)
+        # One event loop in a thread of its own runs every request of this client: one HTTP connection
+        # pool and one concurrency limit, whichever thread calls run() (the service calls it from many),
+        # and run() works inside a caller's own event loop too (a notebook).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
 
     def close(self) -> None:
-        """Close the cache and stop the embedded server, if any."""
+        """Close the HTTP client and its event loop, the cache, and the embedded server, if any."""
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop = None
         self.cache.close()
         if self._embedded is not None:
             self._embedded.close()
@@ -130,7 +134,22 @@ class LLMClient:
         """Results for every request, in order, with at most ``concurrency`` requests in flight.
         ``parse`` is one function for all requests, or one per request."""
         parses = list(parse) if isinstance(parse, (list, tuple)) else [parse] * len(requests)
-        return asyncio.run(self._run(list(requests), parses, desc))
+        return asyncio.run_coroutine_threadsafe(self._run(list(requests), parses, desc), self._event_loop()).result()
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, daemon=True, name="refineg-llm").start()
+                self._loop = loop
+                asyncio.run_coroutine_threadsafe(self._open(), loop).result()
+        return self._loop
+
+    async def _open(self) -> None:
+        # Retries are ours (counted, with jitter); the library's own are switched off.
+        self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key() or "not-needed",
+                                          timeout=self.config.timeout, max_retries=0)
+        self._sem = asyncio.Semaphore(self.config.concurrency)
 
     def ask(self, request: LLMRequest, parse: Callable[[str], T]) -> LLMResult[T]:
         """The result of one request."""
@@ -149,23 +168,18 @@ class LLMClient:
     # ---- internals --------------------------------------------------------------------------
 
     async def _run(self, requests: list[LLMRequest], parses: list[Callable[[str], T]], desc: str) -> list[LLMResult[T]]:
-        # Retries are ours (counted, with jitter); the library's own are switched off.
-        async with openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key() or "not-needed",
-                                      timeout=self.config.timeout, max_retries=0) as client:
-            _OPENAI.set(client)  # per run: the service runs several at once, each on its own event loop
-            _RUN_SLOTS.set(asyncio.Semaphore(self.config.concurrency))
-            bar = tqdm(total=len(requests), desc=desc, disable=not self.show_progress or len(requests) < 2, leave=False)
+        bar = tqdm(total=len(requests), desc=desc, disable=not self.show_progress or len(requests) < 2, leave=False)
 
-            async def one(req: LLMRequest, parse: Callable[[str], T]) -> LLMResult[T]:
-                try:
-                    return await self._call(req, parse)
-                finally:
-                    bar.update(1)
-
+        async def one(req: LLMRequest, parse: Callable[[str], T]) -> LLMResult[T]:
             try:
-                return list(await asyncio.gather(*(one(r, p) for r, p in zip(requests, parses))))
+                return await self._call(req, parse)
             finally:
-                bar.close()
+                bar.update(1)
+
+        try:
+            return list(await asyncio.gather(*(one(r, p) for r, p in zip(requests, parses))))
+        finally:
+            bar.close()
 
     async def _call(self, req: LLMRequest, parse: Callable[[str], T]) -> LLMResult[T]:
         """Ask; a truncated or empty reply is asked again once with twice the tokens, an unparsable one
@@ -231,14 +245,9 @@ class LLMClient:
         last = None
         for attempt in range(1, cfg.max_retries + 2):
             try:
-                async with _RUN_SLOTS.get():  # this run's tasks queue here without polling
-                    while not self._slots.acquire(blocking=False):  # other runs (threads) share the limit
-                        await asyncio.sleep(0.002)
-                    try:
-                        self.usage.add(stage, requests=1)
-                        resp = await _OPENAI.get().chat.completions.create(model=self.model, messages=messages, **params)
-                    finally:
-                        self._slots.release()
+                async with self._sem:
+                    self.usage.add(stage, requests=1)
+                    resp = await self._client.chat.completions.create(model=self.model, messages=messages, **params)
                 text, finish = _reply_text(resp)
                 return text, _usage(resp), finish
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError) as exc:
