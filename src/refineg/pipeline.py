@@ -219,14 +219,8 @@ class _Images:
 
     def sent(self, sample: Sample):
         """The SentImage of a sample, or None (counted) when it is missing or unreadable."""
-        if sample.image in self.inline:
-            return self._inline_sent(sample)
-        path = self.path(sample)
         try:
-            if path is None:
-                raise DataError(f"image {sample.image!r} not found in {', '.join(map(str, self.folders)) or 'no folder'}",
-                                sample=sample.id)
-            return self.client.image(path)
+            return self.client.image(self._source(sample))
         except DataError as exc:
             if self.strict:
                 raise
@@ -234,15 +228,15 @@ class _Images:
             log.warning("%s: processed from text alone: %s", sample.id, exc)
             return None
 
-    def _inline_sent(self, sample: Sample):
-        try:
-            return self.client.image(_decoded(self.inline[sample.image]))
-        except DataError as exc:
-            if self.strict:
-                raise
-            self.counts["missing_or_corrupt_image"] += 1
-            log.warning("%s: processed from text alone: %s", sample.id, exc)
-            return None
+    def _source(self, sample: Sample):
+        """The image to send: one handed over in memory, or the file; DataError when there is none."""
+        if sample.image in self.inline:
+            return _decoded(self.inline[sample.image])
+        path = self.path(sample)
+        if path is None:
+            raise DataError(f"image {sample.image!r} not found in {', '.join(map(str, self.folders)) or 'no folder'}",
+                            sample=sample.id)
+        return path
 
 
 def _decoded(image):

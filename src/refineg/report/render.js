@@ -1,5 +1,15 @@
 /* The sample renderer shared by the HTML report and the service page: text with entities,
    the entity list, and the image with boxes. RefinegRender(colors) returns the functions. */
+
+/* Counts script errors on <body data-errors> (the browser tests read it). */
+function refinegWatchErrors() {
+  "use strict";
+  var errors = 0;
+  function fail() { errors += 1; document.body.setAttribute("data-errors", String(errors)); }
+  window.addEventListener("error", fail);
+  var origError = console.error;
+  console.error = function () { fail(); origError.apply(console, arguments); };
+}
 function RefinegRender(COLORS) {
   "use strict";
   var SVGNS = "http://www.w3.org/2000/svg";
