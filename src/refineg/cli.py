@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import sys
@@ -150,34 +152,93 @@ IMAGES = typer.Option(None, "--images", help="Image folder; repeatable (e.g. twi
 ALLOW_MISSING = typer.Option(False, "--allow-missing-images", help="Go on when more than 5% of the samples' images are missing.")
 
 
-def run_config(config, base_url, model, gguf, mmproj, concurrency, timeout, retries, no_cache, cache_dir, no_json_schema,
-               box_format=None, verbose=False):
+def run_config(config=None, llm_base_url=None, llm_model=None, llm_gguf=None, llm_mmproj=None, llm_concurrency=None,
+               llm_timeout=None, llm_retries=None, no_cache=False, cache_dir=None, no_json_schema=False,
+               llm_box_format=None, verbose=False):
     """The run config from the file, the environment and the LLM options."""
     from .config import load_config
 
-    llm = {"base_url": base_url, "model": model, "gguf": gguf, "mmproj": mmproj, "concurrency": concurrency,
-           "timeout": timeout, "max_retries": retries, "cache_dir": cache_dir,
+    llm = {"base_url": llm_base_url, "model": llm_model, "gguf": llm_gguf, "mmproj": llm_mmproj,
+           "concurrency": llm_concurrency, "timeout": llm_timeout, "max_retries": llm_retries, "cache_dir": cache_dir,
            "cache": False if no_cache else None, "json_schema": False if no_json_schema else None,
-           "box_format": box_format, "verbose": True if verbose else None}
+           "box_format": llm_box_format, "verbose": True if verbose else None}
     return load_config(config, {"llm": llm})
 
 
+_KW = inspect.Parameter.KEYWORD_ONLY
+LLM_PARAMS = [inspect.Parameter(name, _KW, default=default, annotation=kind) for name, kind, default in (
+    ("config", Optional[Path], CONFIG), ("llm_base_url", Optional[str], LLM_BASE_URL),
+    ("llm_model", Optional[str], LLM_MODEL), ("llm_gguf", Optional[Path], LLM_GGUF),
+    ("llm_mmproj", Optional[Path], LLM_MMPROJ), ("llm_concurrency", Optional[int], LLM_CONCURRENCY),
+    ("llm_timeout", Optional[float], LLM_TIMEOUT), ("llm_retries", Optional[int], LLM_RETRIES),
+    ("no_cache", bool, NO_CACHE), ("cache_dir", Optional[Path], CACHE_DIR), ("no_json_schema", bool, NO_JSON_SCHEMA),
+    ("llm_box_format", Optional[str], BOX_FORMAT), ("verbose", bool, VERBOSE))]
+
+
+def llm_options(command):
+    """Give a command every LLM option; it receives the run config they make as ``cfg``."""
+    sig = inspect.signature(command)
+    names = [p.name for p in LLM_PARAMS]
+
+    @functools.wraps(command)
+    def with_llm(**kw):
+        return command(cfg=run_config(**{n: kw.pop(n) for n in names}), **kw)
+
+    own = [p.replace(kind=_KW) for p in sig.parameters.values() if p.name != "cfg"]
+    with_llm.__signature__ = sig.replace(parameters=own + LLM_PARAMS)
+    return with_llm
+
+
+STREAM_PARAMS = [inspect.Parameter(name, _KW, default=default, annotation=kind) for name, kind, default in (
+    ("images", Optional[list[Path]], IMAGES),
+    ("demos", Optional[Path], typer.Option(None, "--demos", help="Labelled pool of grounding demonstrations (e.g. train).")),
+    ("demo_ids", Optional[Path], typer.Option(None, "--demo-ids", help="Keep only these demo ids.")),
+    ("clip", Optional[str], typer.Option(None, "--clip", help="CLIP model name or path for image similarity.")),
+    ("types", Optional[str], typer.Option(None, "--types", help="Type descriptions for the prompts: twitter, ccks or a TOML file.")),
+    ("strict", bool, typer.Option(False, "--strict", help="A missing or corrupt image is an error, not a warning.")),
+    ("allow_missing_images", bool, ALLOW_MISSING),
+    ("quiet", bool, typer.Option(False, "--quiet", help="No progress bars.")))]
+
+
+def stream_options(command):
+    """Give `run` and `ground` their shared options; the command receives them as ``options`` (RunOptions)."""
+    sig = inspect.signature(command)
+    names = [p.name for p in STREAM_PARAMS]
+
+    @functools.wraps(command)
+    def with_stream(cfg=None, **kw):
+        got = {n: kw.pop(n) for n in names}
+        if got["types"]:
+            cfg = cfg.model_copy(update={"synth": cfg.synth.model_copy(update={"typeset": got["types"]})})
+        options = _run_options(got["images"], got["demos"], got["demo_ids"], got["clip"], got["strict"],
+                               got["allow_missing_images"], got["quiet"])
+        return command(cfg=cfg, options=options, **kw)
+
+    own = [p.replace(kind=_KW) for p in sig.parameters.values() if p.name not in ("options", "cfg")]
+    cfg = inspect.Parameter("cfg", _KW, default=None)  # llm_options fills it
+    with_stream.__signature__ = sig.replace(parameters=own + STREAM_PARAMS + [cfg])
+    return with_stream
+
+
+def _run_options(images, demos, demo_ids, clip, strict, allow_missing_images, quiet):
+    from .data import read_ids
+    from .pipeline import RunOptions
+
+    return RunOptions(images=tuple(images or ()), demos=demos, demo_ids=tuple(read_ids(demo_ids)) if demo_ids else None,
+                      clip=clip, strict=strict, allow_missing_images=allow_missing_images, progress=not quiet)
+
+
 @app.command("llm-check")
+@llm_options
 def llm_check(
-    config: Optional[Path] = CONFIG, llm_base_url: Optional[str] = LLM_BASE_URL, llm_model: Optional[str] = LLM_MODEL,
-    llm_gguf: Optional[Path] = LLM_GGUF, llm_mmproj: Optional[Path] = LLM_MMPROJ,
-    llm_concurrency: Optional[int] = LLM_CONCURRENCY, llm_timeout: Optional[float] = LLM_TIMEOUT,
-    llm_retries: Optional[int] = LLM_RETRIES, cache_dir: Optional[Path] = CACHE_DIR,
-    no_json_schema: bool = NO_JSON_SCHEMA, llm_box_format: Optional[str] = BOX_FORMAT, verbose: bool = VERBOSE,
     images: bool = typer.Option(False, "--images", help="Also send K+1 images and a grounding probe: does the endpoint "
                                 "take that many images, and which box convention does its answer fit?"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    cfg=None,
 ) -> None:
     """Talk to the live endpoint (never the cache): model, latency, JSON-schema output; with --images, grounding."""
     from .llm.probe import check
 
-    cfg = run_config(config, llm_base_url, llm_model, llm_gguf, llm_mmproj, llm_concurrency, llm_timeout,
-                     llm_retries, True, cache_dir, no_json_schema, llm_box_format, verbose)
     if not cfg.llm.configured:
         raise ConfigError("no LLM configured: give --llm-base-url and --llm-model, or --llm-gguf (or the REFINEG_LLM_* variables)")
     report = check(cfg.llm, cfg.ground.k + 1 if images else 0)
@@ -323,6 +384,7 @@ def predict(
 
 
 @app.command()
+@llm_options
 def synthesize(
     train_data: Path = typer.Option(..., "--train", help="Labelled seed data (any supported input)."),
     out_path: Path = typer.Option(..., "--out", help="Synthesized sentences (canonical JSONL)."),
@@ -332,12 +394,8 @@ def synthesize(
     per_sample: Optional[int] = typer.Option(None, "--per-sample", min=1, help="LLM: sentences keeping the entities (new and "
                                              "none get half); mention replacement: copies per seed."),
     exclude: Optional[list[Path]] = typer.Option(None, "--exclude", help="Data whose sentences must not appear (dev, test)."),
-    config: Optional[Path] = CONFIG, llm_base_url: Optional[str] = LLM_BASE_URL, llm_model: Optional[str] = LLM_MODEL,
-    llm_gguf: Optional[Path] = LLM_GGUF, llm_mmproj: Optional[Path] = LLM_MMPROJ,
-    llm_concurrency: Optional[int] = LLM_CONCURRENCY, llm_timeout: Optional[float] = LLM_TIMEOUT,
-    llm_retries: Optional[int] = LLM_RETRIES, no_cache: bool = NO_CACHE, cache_dir: Optional[Path] = CACHE_DIR,
-    no_json_schema: bool = NO_JSON_SCHEMA,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    cfg=None,
 ) -> None:
     """Synthesize validated training sentences from labelled seeds (LLM, or offline mention replacement)."""
     from .data import load_samples, read_ids
@@ -346,8 +404,6 @@ def synthesize(
 
     if method not in (None, "llm", "mention-replacement"):
         raise ConfigError(f"--method must be llm or mention-replacement, not {method!r}")
-    cfg = run_config(config, llm_base_url, llm_model, llm_gguf, llm_mmproj, llm_concurrency, llm_timeout,
-                     llm_retries, no_cache, cache_dir, no_json_schema)
     synth = {"typeset": types}
     if per_sample is not None:
         synth.update(per_sample=per_sample, n_keep=per_sample, n_new=max(1, per_sample // 2), n_none=max(1, per_sample // 2))
@@ -383,34 +439,19 @@ def synthesize(
 
 
 @app.command()
+@llm_options
+@stream_options
 def run(
     model: Path = typer.Option(..., "--model", help="MODEL_DIR from `refineg train`."),
     data: Path = typer.Option(..., "--data", help="Data to process (any supported input)."),
     out_path: Path = typer.Option(..., "--out", help="Predictions (canonical JSONL), streamed; a rerun resumes."),
-    images: Optional[list[Path]] = IMAGES,
-    demos: Optional[Path] = typer.Option(None, "--demos", help="Labelled pool of grounding demonstrations (e.g. train)."),
-    demo_ids: Optional[Path] = typer.Option(None, "--demo-ids", help="Keep only these demo ids."),
-    clip: Optional[str] = typer.Option(None, "--clip", help="CLIP model name or path for image similarity."),
-    types: Optional[str] = typer.Option(None, "--types", help="Type descriptions for the prompts: twitter, ccks or a TOML file."),
-    strict: bool = typer.Option(False, "--strict", help="A missing or corrupt image is an error, not a warning."),
-    allow_missing_images: bool = ALLOW_MISSING,
-    config: Optional[Path] = CONFIG, llm_base_url: Optional[str] = LLM_BASE_URL, llm_model: Optional[str] = LLM_MODEL,
-    llm_gguf: Optional[Path] = LLM_GGUF, llm_mmproj: Optional[Path] = LLM_MMPROJ,
-    llm_concurrency: Optional[int] = LLM_CONCURRENCY, llm_timeout: Optional[float] = LLM_TIMEOUT,
-    llm_retries: Optional[int] = LLM_RETRIES, no_cache: bool = NO_CACHE, cache_dir: Optional[Path] = CACHE_DIR,
-    no_json_schema: bool = NO_JSON_SCHEMA, llm_box_format: Optional[str] = BOX_FORMAT, verbose: bool = VERBOSE,
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    cfg=None, options=None,
 ) -> None:
     """Tag, gate, refine (MLLM), select demos, ground (MLLM) and write predictions; resumable."""
     from .data.textio import check_output
     from .pipeline import run_pipeline
 
     check_output(out_path)
-    cfg = run_config(config, llm_base_url, llm_model, llm_gguf, llm_mmproj, llm_concurrency, llm_timeout,
-                     llm_retries, no_cache, cache_dir, no_json_schema, llm_box_format, verbose)
-    if types:
-        cfg = cfg.model_copy(update={"synth": cfg.synth.model_copy(update={"typeset": types})})
-    options = _run_options(images, demos, demo_ids, clip, strict, allow_missing_images, quiet)
     summary = run_pipeline(model, data, out_path, cfg, options)
     out.print(f"entities: {summary['tagger_entities']} from the tagger, {summary['kept_entities']} kept, "
               f"{summary['delegated_entities']} delegated; {summary['samples_sent_to_refinement']} samples refined")
@@ -418,42 +459,20 @@ def run(
 
 
 @app.command()
+@llm_options
+@stream_options
 def ground(
     data: Path = typer.Option(..., "--data", help="Samples whose entities to ground (any supported input); their boxes are ignored."),
     out_path: Path = typer.Option(..., "--out", help="Grounded predictions (canonical JSONL), streamed; a rerun resumes."),
-    images: Optional[list[Path]] = IMAGES,
-    demos: Optional[Path] = typer.Option(None, "--demos", help="Labelled pool of grounding demonstrations (e.g. train)."),
-    demo_ids: Optional[Path] = typer.Option(None, "--demo-ids", help="Keep only these demo ids."),
-    clip: Optional[str] = typer.Option(None, "--clip", help="CLIP model name or path for image similarity."),
-    types: Optional[str] = typer.Option(None, "--types", help="Type descriptions for the prompt: twitter, ccks or a TOML file."),
-    strict: bool = typer.Option(False, "--strict", help="A missing or corrupt image is an error, not a warning."),
-    allow_missing_images: bool = ALLOW_MISSING,
-    config: Optional[Path] = CONFIG, llm_base_url: Optional[str] = LLM_BASE_URL, llm_model: Optional[str] = LLM_MODEL,
-    llm_gguf: Optional[Path] = LLM_GGUF, llm_mmproj: Optional[Path] = LLM_MMPROJ,
-    llm_concurrency: Optional[int] = LLM_CONCURRENCY, llm_timeout: Optional[float] = LLM_TIMEOUT,
-    llm_retries: Optional[int] = LLM_RETRIES, no_cache: bool = NO_CACHE, cache_dir: Optional[Path] = CACHE_DIR,
-    no_json_schema: bool = NO_JSON_SCHEMA, llm_box_format: Optional[str] = BOX_FORMAT, verbose: bool = VERBOSE,
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    cfg=None, options=None,
 ) -> None:
     """Ground the entities DATA already has (the EEG setting): every sample gets a row with boxes."""
     from .data.textio import check_output
     from .pipeline import ground_file
 
     check_output(out_path)
-    cfg = run_config(config, llm_base_url, llm_model, llm_gguf, llm_mmproj, llm_concurrency, llm_timeout,
-                     llm_retries, no_cache, cache_dir, no_json_schema, llm_box_format, verbose)
-    if types:
-        cfg = cfg.model_copy(update={"synth": cfg.synth.model_copy(update={"typeset": types})})
-    summary = ground_file(data, out_path, cfg, _run_options(images, demos, demo_ids, clip, strict, allow_missing_images, quiet))
+    summary = ground_file(data, out_path, cfg, options)
     _print_run(summary, out_path)
-
-
-def _run_options(images, demos, demo_ids, clip, strict, allow_missing_images, quiet):
-    from .data import read_ids
-    from .pipeline import RunOptions
-
-    return RunOptions(images=tuple(images or ()), demos=demos, demo_ids=tuple(read_ids(demo_ids)) if demo_ids else None,
-                      clip=clip, strict=strict, allow_missing_images=allow_missing_images, progress=not quiet)
 
 
 def _print_run(summary: dict, out_path: Path) -> None:
@@ -483,6 +502,7 @@ def _print_run(summary: dict, out_path: Path) -> None:
 
 
 @app.command()
+@llm_options
 def serve(
     model: Path = typer.Option(..., "--model", help="MODEL_DIR from `refineg train`."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback unless told otherwise)."),
@@ -494,18 +514,12 @@ def serve(
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Require 'Authorization: Bearer KEY', KEY "
                                               "read from this environment variable."),
     max_body_mb: float = typer.Option(20.0, "--max-body-mb", min=0.001, help="Larger request bodies get 413."),
-    config: Optional[Path] = CONFIG, llm_base_url: Optional[str] = LLM_BASE_URL, llm_model: Optional[str] = LLM_MODEL,
-    llm_gguf: Optional[Path] = LLM_GGUF, llm_mmproj: Optional[Path] = LLM_MMPROJ,
-    llm_concurrency: Optional[int] = LLM_CONCURRENCY, llm_timeout: Optional[float] = LLM_TIMEOUT,
-    llm_retries: Optional[int] = LLM_RETRIES, no_cache: bool = NO_CACHE, cache_dir: Optional[Path] = CACHE_DIR,
-    no_json_schema: bool = NO_JSON_SCHEMA, llm_box_format: Optional[str] = BOX_FORMAT, verbose: bool = VERBOSE,
+    cfg=None,
 ) -> None:
     """Serve GMNER over HTTP: POST /v1/gmner, GET /healthz, a page at / and the API docs at /docs."""
     from .pipeline import Pipeline
     from .service import serve as run_service
 
-    cfg = run_config(config, llm_base_url, llm_model, llm_gguf, llm_mmproj, llm_concurrency, llm_timeout,
-                     llm_retries, no_cache, cache_dir, no_json_schema, llm_box_format, verbose)
     options = _run_options(images, demos, demo_ids, clip, False, True, True)
     with Pipeline(model, cfg, options) as nlp:
         nlp.warm()
