@@ -314,6 +314,8 @@ def _stream(data, out, cfg: RunConfig, options: RunOptions, predict, stages: _LL
     with out.open("a", encoding="utf-8") as fh:
         for k in range(0, len(todo), options.chunk):
             for p in stages.process(todo[k:k + options.chunk], preds[k:k + options.chunk]):
+                if stages.client is None and p.entities:  # a later run with an LLM completes this row
+                    p = stages.mark(p, "no_llm")
                 append_jsonl(p, fh)
     summary = _summary(samples, finished, preds, counts, timings, stages.usage(), stages.notes, cfg)
     summary["groundability"] = _groundability_summary(stages.groundability, cfg, counts)
@@ -427,7 +429,7 @@ class _LLMStages:
         from .refine import needs_refinement
 
         if self.client is None:
-            return [self._mark(p, "no_llm") if p.entities else p for p in preds]
+            return list(preds)
         failed: dict[int, set[str]] = {}  # local: the service runs several chunks at once
         t0 = time.perf_counter()
         sent = {s.id: self.images.sent(s) for s in samples}
@@ -452,13 +454,14 @@ class _LLMStages:
                 todo.append(i)
         preds = self._ground(samples, preds, sent, todo, failed)
         self.timings["ground"] += time.perf_counter() - t0
-        return [self._mark(p, *sorted(failed[i])) if i in failed else p for i, p in enumerate(preds)]
+        return [self.mark(p, *sorted(failed[i])) if i in failed else p for i, p in enumerate(preds)]
 
     def _ungroundable(self, pred: Prediction) -> bool:
         g = self.groundability
         return g is not None and self.cfg.ground.skip_ungroundable and not g.needs_grounding(pred.tokens or (), pred.entities)
 
-    def _mark(self, pred: Prediction, *reasons: str) -> Prediction:
+    def mark(self, pred: Prediction, *reasons: str) -> Prediction:
+        """The prediction marked for a retry (a rerun of the same command re-does it), counted."""
         self.counts["rows_marked_retry"] += 1
         return pred.with_(meta={**pred.meta, "status": RETRY, "retry_reason": ", ".join(reasons)})
 
