@@ -226,3 +226,12 @@ def test_two_endpoints_serving_one_model_name_never_share_replies(tmp_path):
         with LLMClient(_cfg(b, tmp_path)) as client:
             assert client.ask(_req(), parse).value.answer == "b"
             assert client.usage.total("cache_hits") == 0
+
+
+def test_content_given_as_parts_is_read_as_text(tmp_path):
+    body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": [
+            {"type": "text", "text": '{"answer": '}, {"type": "text", "text": '"parts"}'}]}}]})
+    with FakeOpenAIServer([Reply(raw_body=body)]) as srv:
+        with LLMClient(_cfg(srv, tmp_path)) as client:
+            assert client.ask(_req(), parse).value == Answer(answer="parts")

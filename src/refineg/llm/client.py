@@ -279,6 +279,8 @@ def _reply_text(resp: Any) -> tuple[str, str | None]:
     if message is None:
         raise ValueError("no choices[0].message in the response")
     text = message.content
+    if isinstance(text, list):  # some servers answer content parts: keep their text
+        text = "".join(p.get("text") or "" if isinstance(p, dict) else getattr(p, "text", "") or "" for p in text)
     if text is not None and not isinstance(text, str):
         raise ValueError("the message content is not text")
     return text or "", getattr(choice, "finish_reason", None)
