@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import openai
@@ -104,7 +104,6 @@ class LLMClient:
         self.dialect = resolve(cfg.box_format, self.model)
         folder = (cfg.cache_dir or default_cache_dir()) / "llm" if cfg.cache else None
         self.cache = ReplyCache(folder)
-        self.images: dict[str, SentImage] = {}
         # One event loop in a thread of its own runs every request of this client: one HTTP connection
         # pool and one concurrency limit, whichever thread calls run() (the service calls it from many),
         # and run() works inside a caller's own event loop too (a notebook).
@@ -156,10 +155,8 @@ class LLMClient:
         return self.run([request], parse, desc=request.stage)[0]
 
     def image(self, image) -> SentImage:
-        """An image (path or PIL image) resized as configured, remembered by content hash for mapping boxes back."""
-        sent = prepare_image(image, self.config.image_max_side, self.config.image_multiple_of, self.dialect.family.frame)
-        self.images[sent.sha256] = replace(sent, data_url="")  # the sizes, not the pixels, for mapping back
-        return sent
+        """An image (path or PIL image) resized as configured, in the model family's own frame where it has one."""
+        return prepare_image(image, self.config.image_max_side, self.config.image_multiple_of, self.dialect.family.frame)
 
     def summary(self) -> dict:
         """Usage per stage with the cost at the configured prices."""
