@@ -69,22 +69,13 @@ class GateCalibration:
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
-    """Area under the ROC curve of scores for the positive labels (ties get average ranks)."""
-    s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if not n_pos or not n_neg:
+    """Area under the ROC curve of scores for the positive labels (scikit-learn); NaN with one class only."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(labels, dtype=bool)
+    if y.all() or not y.any():
         return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(y, np.asarray(scores, dtype=float)))
 
 
 def entity_correctness(preds: Sequence[Prediction], gold: Sequence[Sample]) -> tuple[list[float], list[bool]]:
@@ -199,38 +190,31 @@ def entity_features(tagged: Sequence, types: Sequence[str]) -> np.ndarray:
     return np.asarray(rows, dtype=float).reshape(len(rows), len(FEATURE_NAMES) + len(types))
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50) -> tuple[np.ndarray, float]:
-    """Weights and bias of an L2-regularised logistic regression, fitted by Newton's method."""
-    xb = np.hstack([x, np.ones((len(x), 1))])
-    w = np.zeros(xb.shape[1])
-    reg = l2 * np.eye(xb.shape[1])
-    reg[-1, -1] = 1e-6  # the bias is barely shrunk, but enough to keep the system solvable when one class is missing
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-xb @ w))
-        grad = xb.T @ (p - y) + reg @ w
-        hess = (xb * (p * (1 - p))[:, None]).T @ xb + reg
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return w[:-1], float(w[-1])
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, float]:
+    """Weights and bias of an L2-regularised logistic regression (scikit-learn, C = 1 / l2); with one class
+    only there is nothing to separate, and the model is all zeros with the bias of that class."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(y, dtype=float)
+    if len(np.unique(y)) < 2:
+        return np.zeros(x.shape[1]), (0.0 if not len(y) else 4.0 if y[0] else -4.0)
+    model = LogisticRegression(C=1.0 / l2, max_iter=1000).fit(x, y)
+    return model.coef_[0].copy(), float(model.intercept_[0])
 
 
 def predict_logistic(x: np.ndarray, weights: np.ndarray, bias: float) -> np.ndarray:
-    """Probabilities from a fitted logistic regression."""
+    """Probabilities from stored coefficients (the model folder keeps numbers, never a pickled object)."""
     return 1 / (1 + np.exp(-(x @ weights + bias)))
 
 
 def cross_validated_scores(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Out-of-fold logistic scores, so that their AUROC is an honest estimate."""
-    order = np.random.default_rng(seed).permutation(len(y))
-    out = np.zeros(len(y))
-    for k in range(folds):
-        test = order[k::folds]
-        train = np.setdiff1d(order, test)
-        w, b = fit_logistic(x[train], y[train].astype(float))
-        out[test] = predict_logistic(x[test], w, b)
-    return out
+    """Out-of-fold logistic scores (scikit-learn), so that their AUROC is an honest estimate."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return cross_val_predict(LogisticRegression(max_iter=1000), x, np.asarray(y, dtype=int), cv=cv,
+                             method="predict_proba")[:, 1]
 
 
 @dataclass(frozen=True)
