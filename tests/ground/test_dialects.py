@@ -89,6 +89,7 @@ def test_auto_picks_the_family_from_the_model_name():
     for model, family in cases.items():
         assert resolve("auto", model).family.name == family, model
     assert "matches no known family" in resolve("auto", "llava-1.5").note
+    assert resolve("Qwen2_5_VL", None).family.name == "qwen2.5-vl"  # a spelling of a family is taken as that family
 
 
 def test_a_box_past_the_edge_is_clipped_and_counted_and_flat_ones_are_dropped(one_post, tmp_path):

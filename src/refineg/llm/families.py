@@ -145,7 +145,7 @@ class Family:
 _N1000 = CONVENTIONS["norm1000"]
 FAMILIES: tuple[Family, ...] = (
     Family("qwen3-vl", r"qwen3[-_.]?vl", _N1000, "bbox_2d", "ground_bbox_2d.txt"),
-    Family("qwen2.5-vl", r"qwen2\.?5[-_.]?vl", CONVENTIONS["pixels"], "bbox_2d", "ground_bbox_2d.txt", qwen25_frame),
+    Family("qwen2.5-vl", r"qwen2[._]?5[-_.]?vl", CONVENTIONS["pixels"], "bbox_2d", "ground_bbox_2d.txt", qwen25_frame),
     Family("qwen2-vl", r"qwen2[-_.]?vl", _N1000, "qwen2-tags", "ground_tags.txt"),
     Family("internvl", r"internvl", _N1000, "ref-box", "ground_tags.txt"),
     Family("glm-4v", r"glm-?4(?:\.\d+)?v", _N1000, "glm-box", "ground_tags.txt"),
@@ -176,6 +176,9 @@ def resolve(box_format: str, model: str | None) -> Resolved:
     if fmt in CONVENTIONS:
         return Resolved(Family(fmt, "", CONVENTIONS[fmt]), f"box convention {fmt} (given), asked in refineg's JSON format")
     if fmt != "auto":
+        alias = next((fam for fam in FAMILIES if re.search(fam.pattern, fmt)), None)  # qwen2_5_vl, gpt-4o-mini...
+        if alias is not None:
+            return Resolved(alias, f"box format {alias.name} (given as {box_format!r})")
         choices = ", ".join(["auto", *CONVENTIONS, *BY_NAME])
         raise ConfigError(f"unknown box format {box_format!r}: one of {choices}")
     name = (model or "").lower()
