@@ -9,13 +9,16 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from .errors import ConfigError, DataError, RefinegError
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Low-resource grounded multimodal NER (ReFineG).")
