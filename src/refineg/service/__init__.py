@@ -84,15 +84,15 @@ class MicroBatcher:
                 fut.set_result(res)
 
 
-def decode_image(value: str) -> bytes:
-    """The bytes of a base64 image or data URL; DataError when it is not base64 or not an image."""
+def decode_image(value: str):
+    """The image of a base64 string or data URL, decoded once (upright RGB); DataError when it is not base64,
+    not an image, or too large."""
     data = value.split(",", 1)[1] if value.startswith("data:") else value
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise DataError("image is not valid base64 (or a base64 data URL)") from None
-    open_image(io.BytesIO(raw))  # checks that it is an image, and not too large, before any work
-    return raw
+    return open_image(io.BytesIO(raw))
 
 
 def create_app(nlp, api_key_env: str | None = None, max_body: int = MAX_BODY, batch_window: float = 0.005):
