@@ -8,6 +8,7 @@ missing one, and boxes are mapped back to original pixels and clipped.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
@@ -60,10 +61,8 @@ def build_request(sample: Sample, pred: Prediction, image: SentImage, demos: Seq
                   typeset: TypeSet, family: Family = GENERIC) -> LLMRequest:
     """One request: the demos (image, post, gold entities with boxes), then the post with its KEPT and UNCERTAIN entities."""
     template = load_template(TEMPLATE)
-    n_uncertain = sum(1 for e in pred.entities if e.decision == "delegate")
     missing = refine.asks_for_additions(pred)
-    task = "\n".join(t for t, on in ((refine.TASK_CHECK, n_uncertain > 0), (refine.TASK_MISSING, missing)) if on)
-    text = template.text.format(domain=typeset.domain, types=typeset.describe(), rules=rules(), task=task,
+    text = template.text.format(domain=typeset.domain, types=typeset.describe(), rules=rules(), task=refine.task_text(pred),
                                 coords=family.convention.describe(), type_names=", ".join(typeset.names)).strip()
     conv = family.convention
     content: list[dict] = [{"type": "text", "text": text}]
@@ -72,22 +71,14 @@ def build_request(sample: Sample, pred: Prediction, image: SentImage, demos: Seq
                                for e in demo.entities]}
         w, h = demo_image.sent_size
         content += [{"type": "text", "text": f"Example {k}. Image ({w}x{h} pixels):"}, image_part(demo_image),
-                    {"type": "text", "text": f"Post: {demo.text}\nAnswer: {_json(answer)}"}]
-    lines = [f"- {'UNCERTAIN' if e.decision == 'delegate' else 'KEPT'}: \"{e.text}\" ({e.type}"
-             + (f", tagger confidence {e.score:.2f}" if e.score is not None else "") + ")" for e in pred.entities]
+                    {"type": "text", "text": f"Post: {demo.text}\nAnswer: {json.dumps(answer, ensure_ascii=False)}"}]
     w, h = image.sent_size
     content += [{"type": "text", "text": f"Now the post to answer. Image ({w}x{h} pixels):"}, image_part(image),
                 {"type": "text", "text": f"POST: {sample.text}\nEntities found by the tagger:\n"
-                                         + ("\n".join(lines) or "- (none)")}]
+                                         + refine.entity_lines(pred)}]
     max_items = len(pred.entities) + (3 if missing else 1)
     return LLMRequest("combined", f"{template.name}:{family.name}", template.version,
                       [{"role": "user", "content": content}], schema(typeset.names, max_items), sample.id)
-
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(obj, ensure_ascii=False)
 
 
 def parse(text: str, family: Family = GENERIC, image: SentImage | None = None) -> CombinedAnswer:

@@ -63,16 +63,10 @@ def build_request(sample: Sample, pred: Prediction, typeset: TypeSet, image: Sen
                   template: Template | None = None) -> LLMRequest:
     """One chain-of-thought request for a sample's uncertain entities (and missed ones, if the gate flagged it)."""
     template = template or Template.load(TEMPLATE)
-    lines = []
-    for e in pred.entities:
-        mark = "UNCERTAIN" if e.decision == "delegate" else "KEPT"
-        score = f", tagger confidence {e.score:.2f}" if e.score is not None else ""
-        lines.append(f"- {mark}: \"{e.text}\" ({e.type}{score})")
     n_uncertain = sum(1 for e in pred.entities if e.decision == "delegate")
     missing = asks_for_additions(pred)
-    task = "\n".join(t for t, on in ((TASK_CHECK, n_uncertain > 0), (TASK_MISSING, missing)) if on)
     prompt = template.text.format(domain=typeset.domain, types=typeset.describe(), text=sample.text,
-                                  entities="\n".join(lines) or "- (none)", task=task,
+                                  entities=entity_lines(pred), task=task_text(pred),
                                   added=" and any missed entity you add" if missing else "",
                                   type_names=", ".join(typeset.names))
     content: list[dict] = [{"type": "text", "text": prompt}]
@@ -81,6 +75,22 @@ def build_request(sample: Sample, pred: Prediction, typeset: TypeSet, image: Sen
     max_items = max(1, n_uncertain) + (3 if missing else 1)  # a boundary fix may split one entity into two
     return LLMRequest("refinement", template.name, template.version, [{"role": "user", "content": content}],
                       schema(typeset.names, max_items), sample.id)
+
+
+def entity_lines(pred: Prediction) -> str:
+    """The tagger's entities as prompt lines, each marked KEPT or UNCERTAIN, with its confidence."""
+    lines = []
+    for e in pred.entities:
+        mark = "UNCERTAIN" if e.decision == "delegate" else "KEPT"
+        score = f", tagger confidence {e.score:.2f}" if e.score is not None else ""
+        lines.append(f"- {mark}: \"{e.text}\" ({e.type}{score})")
+    return "\n".join(lines) or "- (none)"
+
+
+def task_text(pred: Prediction) -> str:
+    """What the model is asked to do: check the uncertain entities, and look for missed ones if flagged."""
+    uncertain = any(e.decision == "delegate" for e in pred.entities)
+    return "\n".join(t for t, on in ((TASK_CHECK, uncertain), (TASK_MISSING, asks_for_additions(pred))) if on)
 
 
 def asks_for_additions(pred: Prediction) -> bool:
