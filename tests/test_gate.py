@@ -45,8 +45,21 @@ def test_gate_keeps_every_entity_when_no_llm_is_configured(tiny_model):
 def test_f1_mode_picks_a_threshold_that_drops_low_scored_wrong_entities():
     gold, preds = _data()
     cal = calibrate(preds, gold, GateConfig(mode="f1"))
-    assert cal.threshold == pytest.approx(0.5)
+    assert cal.threshold == pytest.approx(0.35)  # halfway between the last wrong (0.2) and the first right (0.5) score
     assert apply_gate(preds, cal, True)[7].entities[0].decision == "delegate"
+
+
+@pytest.mark.parametrize("mode", ["budget", "f1"])
+def test_a_dev_score_moved_by_rounding_noise_keeps_its_decision(mode):
+    gold, preds = _data()
+    cal = calibrate(preds, gold, GateConfig(mode=mode, budget=0.25, missing_rate=0.25))
+    before = apply_gate(preds, cal, True)
+    for eps in (1e-12, -1e-12):  # what another batch's float rounding does to a score
+        moved = [p.with_(entities=tuple(e.with_(score=e.score + eps) for e in p.entities),
+                         missing_score=p.missing_score + eps) for p in preds]
+        after = apply_gate(moved, cal, True)
+        assert [[e.decision for e in p.entities] for p in after] == [[e.decision for e in p.entities] for p in before]
+        assert [p.maybe_missing for p in after] == [p.maybe_missing for p in before]
 
 
 def test_logistic_score_model_learns_a_separating_signal():

@@ -137,7 +137,8 @@ def evaluate(
 # ---- LLM options, shared by every command that may call an LLM ---------------------------------
 
 CONFIG = typer.Option(None, "--config", help="A TOML run config; options given here override it.")
-LLM_BASE_URL = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint (env REFINEG_LLM_BASE_URL).")
+LLM_BASE_URL = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint (env REFINEG_LLM_BASE_URL); "
+                            "repeat it for replicas of one model: requests go to the least busy one.")
 LLM_MODEL = typer.Option(None, "--llm-model", help="Model name at that endpoint (env REFINEG_LLM_MODEL).")
 LLM_GGUF = typer.Option(None, "--llm-gguf", help="Run this GGUF in the embedded llama.cpp server (env REFINEG_LLM_GGUF).")
 LLM_MMPROJ = typer.Option(None, "--llm-mmproj", help="Vision projector GGUF for --llm-gguf.")
@@ -161,7 +162,7 @@ def run_config(config=None, llm_base_url=None, llm_model=None, llm_gguf=None, ll
     """The run config from the file, the environment and the LLM options."""
     from .config import load_config
 
-    llm = {"base_url": llm_base_url, "model": llm_model, "gguf": llm_gguf, "mmproj": llm_mmproj,
+    llm = {"base_url": list(llm_base_url) or None if isinstance(llm_base_url, (list, tuple)) else llm_base_url, "model": llm_model, "gguf": llm_gguf, "mmproj": llm_mmproj,
            "concurrency": llm_concurrency, "timeout": llm_timeout, "max_retries": llm_retries, "cache_dir": cache_dir,
            "cache": False if no_cache else None, "json_schema": False if no_json_schema else None,
            "box_format": llm_box_format, "verbose": True if verbose else None}
@@ -170,7 +171,7 @@ def run_config(config=None, llm_base_url=None, llm_model=None, llm_gguf=None, ll
 
 _KW = inspect.Parameter.KEYWORD_ONLY
 LLM_PARAMS = [inspect.Parameter(name, _KW, default=default, annotation=kind) for name, kind, default in (
-    ("config", Optional[Path], CONFIG), ("llm_base_url", Optional[str], LLM_BASE_URL),
+    ("config", Optional[Path], CONFIG), ("llm_base_url", Optional[list[str]], LLM_BASE_URL),
     ("llm_model", Optional[str], LLM_MODEL), ("llm_gguf", Optional[Path], LLM_GGUF),
     ("llm_mmproj", Optional[Path], LLM_MMPROJ), ("llm_concurrency", Optional[int], LLM_CONCURRENCY),
     ("llm_timeout", Optional[float], LLM_TIMEOUT), ("llm_retries", Optional[int], LLM_RETRIES),
@@ -448,14 +449,27 @@ def run(
     model: Path = typer.Option(..., "--model", help="MODEL_DIR from `refineg train`."),
     data: Path = typer.Option(..., "--data", help="Data to process (any supported input)."),
     out_path: Path = typer.Option(..., "--out", help="Predictions (canonical JSONL), streamed; a rerun resumes."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster; see [ray] in "
+                               "the config for actors and resources)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address, or auto for a running "
+                                              "cluster; none starts a local cluster (--engine ray)."),
     cfg=None, options=None,
 ) -> None:
     """Tag, gate, refine (MLLM), select demos, ground (MLLM) and write predictions; resumable."""
     from .data.textio import check_output
     from .pipeline import run_pipeline
 
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray, not {engine!r}")
+    if ray_address and engine != "ray":
+        raise ConfigError("--ray-address needs --engine ray")
     check_output(out_path)
-    summary = run_pipeline(model, data, out_path, cfg, options)
+    if engine == "ray":
+        from .ray_engine import run_ray
+
+        summary = run_ray(model, data, out_path, cfg, options, ray_address)
+    else:
+        summary = run_pipeline(model, data, out_path, cfg, options)
     out.print(f"entities: {summary['tagger_entities']} from the tagger, {summary['kept_entities']} kept, "
               f"{summary['delegated_entities']} delegated; {summary['samples_sent_to_refinement']} samples refined")
     _print_run(summary, out_path)

@@ -31,7 +31,8 @@ class LLMConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base_url: str | None = None
+    base_url: str | list[str] | None = Field(None, description="the endpoint, or several replicas serving the same "
+                                             "model (requests go to the least busy one)")
     model: str | None = None
     gguf: Path | None = None
     mmproj: Path | None = None
@@ -51,6 +52,8 @@ class LLMConfig(BaseModel):
     image_multiple_of: int | None = Field(None, description="snap sent sides to this multiple (the qwen2.5-vl box format already sends Qwen's own frame)")
     cache: bool = True
     cache_dir: Path | None = None
+    cache_scope: str | None = Field(None, description="what names this model's replies in the cache; default: the "
+                                    "endpoint URLs, or the GGUF file for the embedded server (whose port changes)")
     price_prompt_per_1k: float = 0.0
     price_completion_per_1k: float = 0.0
     gguf_ctx: int = Field(4096, ge=256)
@@ -64,6 +67,19 @@ class LLMConfig(BaseModel):
         if isinstance(v, dict):
             return {**MAX_TOKENS, **v}
         return v
+
+    @field_validator("base_url", mode="after")
+    @classmethod
+    def _one_or_several(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            urls = list(dict.fromkeys(u.rstrip("/") for u in v if u))
+            return None if not urls else urls[0] if len(urls) == 1 else urls
+        return v
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Every base URL given (one, several replicas, or none)."""
+        return [] if not self.base_url else [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
     def tokens_for(self, stage: str) -> int:
         """The completion-token limit of a stage."""
@@ -165,6 +181,22 @@ class GroundConfig(BaseModel):
                                         "groundability threshold keeps")
 
 
+class RayConfig(BaseModel):
+    """The Ray engine (``refineg run --engine ray``): actor pools and their resources."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(None, description="cluster address, 'auto' for a running cluster; none starts a local one")
+    tagger_actors: int = Field(1, ge=1, description="tagger actors (each loads the model once)")
+    tagger_cpus: float = Field(1.0, gt=0, description="CPUs per tagger actor")
+    tagger_gpus: float = Field(0.0, ge=0, description="GPUs per tagger actor")
+    llm_actors: int = Field(2, ge=1, description="LLM actors; each holds one client, and llm.concurrency (per endpoint) "
+                            "is split between them, so the cluster never has more requests in flight per endpoint")
+    llm_cpus: float = Field(0.25, gt=0, description="CPUs per LLM actor (they wait on HTTP)")
+    batch_size: int = Field(32, ge=1, description="posts per batch handed to an actor")
+    shard_size: int = Field(256, ge=1, description="posts per output shard file")
+
+
 class RunConfig(BaseModel):
     """Everything a run needs; each stage reads its own section."""
 
@@ -175,6 +207,7 @@ class RunConfig(BaseModel):
     gate: GateConfig = Field(default_factory=GateConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     ground: GroundConfig = Field(default_factory=GroundConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
 
 def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:

@@ -109,7 +109,19 @@ def _f1_threshold(scores: np.ndarray, correct: np.ndarray, n_gold: int) -> float
         f1 = 2 * tp / (int(keep.sum()) + n_gold) if keep.any() else 0.0
         if f1 > best:
             best, best_t = f1, float(t)
-    return best_t
+    below = scores[scores < best_t]
+    return _between(float(below.max()) if len(below) else 0.0, best_t)
+
+
+def _between(lower: float, upper: float) -> float:
+    """A threshold halfway between two neighbouring dev scores, never on one: a score that moves by
+    rounding noise (another batch, another machine) cannot flip its decision."""
+    return (lower + upper) / 2
+
+
+def _rounded(score: float) -> float:
+    """A score at the precision it is written with: decisions can be checked against the output file."""
+    return round(score, 6)
 
 
 def calibrate(preds: Sequence[Prediction], gold: Sequence[Sample], cfg: GateConfig) -> GateCalibration:
@@ -118,14 +130,24 @@ def calibrate(preds: Sequence[Prediction], gold: Sequence[Sample], cfg: GateConf
     scores, correct = np.asarray(sc), np.asarray(ok, dtype=bool)
     if cfg.mode == "budget":
         k = int(round(cfg.budget * len(scores)))
-        threshold = float(np.sort(scores)[k]) if k < len(scores) else float("inf")
+        ranked = np.sort(scores)
+        threshold = float("inf") if k >= len(scores) else _between(float(ranked[k - 1]) if k else 0.0, float(ranked[k]))
     else:
         threshold = _f1_threshold(scores, correct, sum(len(g.entities) for g in gold))
     missing = np.asarray([p.missing_score or 0.0 for p in preds])
-    missing_threshold = float(np.quantile(missing, 1 - cfg.missing_rate)) if len(missing) and cfg.missing_rate else float("inf")
+    missing_threshold = _missing_threshold(missing, cfg.missing_rate)
     figures = gate_figures(preds, gold, threshold, missing_threshold)
     return GateCalibration(mode=cfg.mode, budget=cfg.budget, threshold=threshold, missing_threshold=missing_threshold,
                            **figures)
+
+
+def _missing_threshold(missing: np.ndarray, rate: float) -> float:
+    """The missing-score threshold that flags the top ``rate`` of dev samples, halfway between two of them."""
+    k = int(round((1 - rate) * len(missing)))
+    if not len(missing) or not rate or k >= len(missing):
+        return float("inf")
+    ranked = np.sort(missing)
+    return _between(float(ranked[k - 1]) if k else 0.0, float(ranked[k]))
 
 
 def gate_figures(preds: Sequence[Prediction], gold: Sequence[Sample], threshold: float, missing_threshold: float) -> dict:
@@ -155,9 +177,9 @@ def apply_gate(preds: Sequence[Prediction], calib: GateCalibration | None, llm_c
             out.append(p.with_(entities=tuple(e.with_(decision="keep") for e in p.entities), delegated=False,
                                maybe_missing=False))
             continue
-        ents = tuple(e.with_(decision="delegate" if (e.score if e.score is not None else 1.0) < calib.threshold else "keep")
-                     for e in p.entities)
-        flagged = (p.missing_score or 0.0) >= calib.missing_threshold
+        ents = tuple(e.with_(decision="delegate" if _rounded(e.score if e.score is not None else 1.0) < calib.threshold
+                             else "keep") for e in p.entities)
+        flagged = _rounded(p.missing_score or 0.0) >= calib.missing_threshold
         out.append(p.with_(entities=ents, delegated=flagged or any(e.decision == "delegate" for e in ents),
                            maybe_missing=flagged))
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -145,6 +146,16 @@ def predict_file(model_dir: str | Path, data: str | Path, out: str | Path, cfg: 
 # ---- the full run: tag, gate, refine, select demos, ground, write (resumable) --------------------
 
 
+class Counts(Counter):
+    """A Counter whose update() is atomic: the service and the Ray engine run several chunks at once."""
+
+    _lock = threading.RLock()
+
+    def update(self, *args, **kw) -> None:
+        with self._lock:
+            super().update(*args, **kw)
+
+
 RETRY = "retry"  # the status of a row whose LLM work did not happen; a rerun re-does it
 MISSING_IMAGES_LIMIT = 0.05
 
@@ -224,7 +235,7 @@ class _Images:
         except DataError as exc:
             if self.strict:
                 raise
-            self.counts["missing_or_corrupt_image"] += 1
+            self.counts.update({"missing_or_corrupt_image": 1})
             log.warning("%s: processed from text alone: %s", sample.id, exc)
             return None
 
@@ -289,7 +300,15 @@ def ground_file(data: str | Path, out: str | Path, cfg: RunConfig, options: RunO
         stages.close()
 
 
-def _model_types(model_dir: str | Path) -> tuple[str, ...]:
+def load_groundability(model_dir: str | Path, cfg: RunConfig):
+    """The model folder's groundability model at the configured recall, or None (older folders have none)."""
+    from .ground.groundability import Groundability
+
+    groundability = Groundability.load(model_dir)
+    return groundability.at_recall(cfg.ground.groundability_recall) if groundability else None
+
+
+def model_types(model_dir: str | Path) -> tuple[str, ...]:
     from .tagger.tagger import read_labels
 
     return tuple(sorted({lab[2:] for lab in read_labels(model_dir) if lab != "O"}))
@@ -317,8 +336,16 @@ def _stream(data, out, cfg: RunConfig, options: RunOptions, predict, stages: _LL
                 if stages.client is None and p.entities:  # a later run with an LLM completes this row
                     p = stages.mark(p, "no_llm")
                 append_jsonl(p, fh)
-    summary = _summary(samples, finished, preds, counts, timings, stages.usage(), stages.notes, cfg)
-    summary["groundability"] = _groundability_summary(stages.groundability, cfg, counts)
+    return finish_run(out, samples, finished, preds, counts, timings, stages.usage(), stages.notes, cfg,
+                      stages.groundability, {"name": "local"})
+
+
+def finish_run(out: Path, samples, finished, tagged, counts, timings, usage, notes, cfg: RunConfig, groundability,
+               engine: dict) -> dict:
+    """The run's summary, written beside out (earlier runs' kept under "history") and returned."""
+    summary = _summary(samples, finished, tagged, counts, timings, usage, notes, cfg)
+    summary["groundability"] = _groundability_summary(groundability, cfg, counts)
+    summary["engine"] = engine
     _write_summary(Path(str(out) + ".summary.json"), summary)
     return summary
 
@@ -394,12 +421,13 @@ class _LLMStages:
     notes: list = field(default_factory=list)
 
     @classmethod
-    def open(cls, cfg, types, options: RunOptions, refine=True, groundability=None):
-        """The stages for a config: a pass-through without an LLM, else the client, images and demo index."""
+    def open(cls, cfg, types, options: RunOptions, refine=True, groundability=None, index: DemoIndex | None = None):
+        """The stages for a config: a pass-through without an LLM, else the client, images and demo index
+        (``index`` one already built, as the Ray engine hands to each of its actors)."""
         from .synth.typesets import load_typeset
 
         typeset = load_typeset(cfg.synth.typeset)
-        counts, timings, notes = Counter(), Counter(), []
+        counts, timings, notes = Counts(), Counts(), []
         if not cfg.llm.configured:
             notes.append("no LLM configured: refinement and grounding were skipped; the gate kept every entity "
                          "and every entity has an empty box list; rows with entities are marked for a retry, "
@@ -415,7 +443,9 @@ class _LLMStages:
         if options.demos is None:
             notes.append("no --demos: grounding ran zero-shot, without demonstrations")
         else:
-            selector, embed, image_embed, demo_images = _demo_selector(cfg, options, client, notes)
+            index = index or DemoIndex.build(cfg, options)
+            notes.extend(index.notes)
+            selector, embed, image_embed, demo_images = index.tools(client)
         return cls(cfg, client, imgs, selector, embed, image_embed, demo_images, types, typeset, counts, timings, refine,
                    groundability, notes)
 
@@ -439,21 +469,21 @@ class _LLMStages:
         preds = self._combined(samples, preds, sent, [i for i, c in enumerate(combined) if c], failed)
         preds = self._refine(samples, preds, sent, [i for i, (d, c) in enumerate(zip(delegated, combined)) if d and not c],
                              failed)
-        self.timings["refine"] += time.perf_counter() - t0
+        self.timings.update({"refine": time.perf_counter() - t0})
         t0 = time.perf_counter()
         todo = []
         for i, p in enumerate(preds):
             if combined[i] or not p.entities:
                 continue
             if not has_image[i]:
-                self.counts["grounding_skipped_no_image"] += 1
+                self.counts.update({"grounding_skipped_no_image": 1})
             elif not delegated[i] and self._ungroundable(p):
-                self.counts["grounding_skipped_groundability"] += 1
+                self.counts.update({"grounding_skipped_groundability": 1})
                 preds[i] = p.with_(meta={**p.meta, "grounding": "decided locally: no entity likely in the image"})
             else:
                 todo.append(i)
         preds = self._ground(samples, preds, sent, todo, failed)
-        self.timings["ground"] += time.perf_counter() - t0
+        self.timings.update({"ground": time.perf_counter() - t0})
         return [self.mark(p, *sorted(failed[i])) if i in failed else p for i, p in enumerate(preds)]
 
     def _ungroundable(self, pred: Prediction) -> bool:
@@ -462,7 +492,7 @@ class _LLMStages:
 
     def mark(self, pred: Prediction, *reasons: str) -> Prediction:
         """The prediction marked for a retry (a rerun of the same command re-does it), counted."""
-        self.counts["rows_marked_retry"] += 1
+        self.counts.update({"rows_marked_retry": 1})
         return pred.with_(meta={**pred.meta, "status": RETRY, "retry_reason": ", ".join(reasons)})
 
     def _combined(self, samples, preds, sent, todo: list[int], failed: dict) -> list[Prediction]:
@@ -500,12 +530,11 @@ class _LLMStages:
         """Predictions with each parsed result applied; a failed result is a counted fallback that keeps the input."""
         preds = list(preds)
         for i, res in zip(todo, results):
-            self.counts["llm_calls"] += 1
-            self.counts[f"calls_{stage}"] += 1
+            self.counts.update({"llm_calls": 1, f"calls_{stage}": 1})
             if not res.ok:
-                self.counts[f"{stage}_fallback_{res.reason}"] += 1
+                self.counts.update({f"{stage}_fallback_{res.reason}": 1})
                 if res.reason == "transport":  # the endpoint, not the model, failed: worth doing again
-                    self.counts["llm_calls_failed"] += 1
+                    self.counts.update({"llm_calls_failed": 1})
                     failed.setdefault(i, set()).add(f"{stage} {res.reason}")
                 continue
             done = update(i, res.value)
@@ -548,35 +577,46 @@ class _LazyImages(dict):
         return self[sid]
 
 
-def _demo_selector(cfg, options: RunOptions, client, notes):
-    """The demo pool (samples whose image is available), its selector, embedders and the pool's sent images."""
-    from .data.images import open_image
-    from .ground.select import DemoSelector, clip_embedder, sentence_embedder
+@dataclass(frozen=True)
+class DemoIndex:
+    """The demo pool (samples whose image is available), its selector and image paths: built once per run."""
 
-    clip = options.clip
-    pool_all = load_samples(options.demos, list(options.demo_ids) if options.demo_ids else None)
-    folders = _folders(options.images, options.demos)
-    pool, paths = [], {}
-    for s in pool_all:
-        path = find_image(s.image, folders)
-        if path is not None:
-            pool.append(s)
-            paths[s.id] = path
-    notes.append(f"demo pool: {len(pool)} of {len(pool_all)} labelled samples have an image")
-    sent = _LazyImages(paths, client)
-    if not pool:
-        return None, None, None, sent
-    embed = sentence_embedder()
-    image_embed = image_vecs = None
-    if clip:
-        image_embed = clip_embedder(clip)
-        image_vecs = image_embed([open_image(paths[s.id]) for s in pool])
-    else:
-        notes.append("no image embedder (--clip): the image term of demo selection was dropped")
-    selector = DemoSelector.build(pool, embed, (cfg.llm.cache_dir or default_cache_dir()) / "embeddings",
-                                  image_vecs=image_vecs, weights=cfg.ground.weights, type_bonus=cfg.ground.type_bonus,
-                                  k=cfg.ground.k)
-    return selector, embed, image_embed, sent
+    selector: object | None
+    paths: dict
+    clip: str | None
+    notes: tuple[str, ...]
+
+    @classmethod
+    def build(cls, cfg: RunConfig, options: RunOptions) -> DemoIndex:
+        """Find the pool's images and embed its texts and entities (and images, with --clip)."""
+        from .data.images import open_image
+        from .ground.select import DemoSelector, clip_embedder, sentence_embedder
+
+        pool_all = load_samples(options.demos, list(options.demo_ids) if options.demo_ids else None)
+        folders = _folders(options.images, options.demos)
+        paths = {s.id: path for s in pool_all if (path := find_image(s.image, folders)) is not None}
+        pool = [s for s in pool_all if s.id in paths]
+        notes = [f"demo pool: {len(pool)} of {len(pool_all)} labelled samples have an image"]
+        if not pool:
+            return cls(None, paths, options.clip, tuple(notes))
+        image_vecs = None
+        if options.clip:
+            image_vecs = clip_embedder(options.clip)([open_image(paths[s.id]) for s in pool])
+        else:
+            notes.append("no image embedder (--clip): the image term of demo selection was dropped")
+        selector = DemoSelector.build(pool, sentence_embedder(), (cfg.llm.cache_dir or default_cache_dir()) / "embeddings",
+                                      image_vecs=image_vecs, weights=cfg.ground.weights,
+                                      type_bonus=cfg.ground.type_bonus, k=cfg.ground.k)
+        return cls(selector, paths, options.clip, tuple(notes))
+
+    def tools(self, client):
+        """The selector, the query embedders and the pool's sent images (prepared for this client on first use)."""
+        from .ground.select import clip_embedder, sentence_embedder
+
+        sent = _LazyImages(self.paths, client)
+        if self.selector is None:
+            return None, None, None, sent
+        return self.selector, sentence_embedder(), clip_embedder(self.clip) if self.clip else None, sent
 
 
 # ---- the loaded pipeline: one object for the CLI, Python callers and the service ----------------
@@ -594,16 +634,14 @@ class Pipeline:
         import threading
 
         from .config import load_config
-        from .ground.groundability import Groundability
 
         self.model_dir = Path(model_dir)
         self.cfg = cfg if cfg is not None else load_config()
         self.options = options
         self.tagger = Tagger.load(model_dir)
         self.gate = GateCalibration.load(model_dir)
-        groundability = Groundability.load(model_dir)
-        self.groundability = groundability.at_recall(self.cfg.ground.groundability_recall) if groundability else None
-        self.types = _model_types(model_dir)
+        self.groundability = load_groundability(model_dir, self.cfg)
+        self.types = model_types(model_dir)
         self._stages: _LLMStages | None = None
         self._tag_lock = threading.Lock()  # one tagging batch at a time (PyTorch and the spaCy memo are shared)
         self._open_lock = threading.Lock()

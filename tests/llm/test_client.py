@@ -235,3 +235,35 @@ def test_content_given_as_parts_is_read_as_text(tmp_path):
     with FakeOpenAIServer([Reply(raw_body=body)]) as srv:
         with LLMClient(_cfg(srv, tmp_path)) as client:
             assert client.ask(_req(), parse).value == Answer(answer="parts")
+
+
+def test_replicas_share_the_load_each_within_its_own_limit(tmp_path):
+    answer = lambda body: Reply('{"answer": "x"}')  # noqa: E731
+    with FakeOpenAIServer(default=answer, latency=0.05) as a, FakeOpenAIServer(default=answer, latency=0.05) as b:
+        cfg = _cfg(a, tmp_path, base_url=[a.base_url, b.base_url], concurrency=2)
+        with LLMClient(cfg, show_progress=False) as client:
+            results = client.run([_req(i) for i in range(24)], parse)
+        assert all(r.ok for r in results)
+        assert len(a.requests) + len(b.requests) == 24 and len(a.requests) >= 8 and len(b.requests) >= 8
+        assert a.max_in_flight == 2 and b.max_in_flight == 2
+
+
+def test_a_failing_replica_is_retried_on_another(tmp_path):
+    with FakeOpenAIServer(default=lambda body: Reply(status=503)) as bad, \
+            FakeOpenAIServer(default=lambda body: Reply('{"answer": "ok"}')) as good:
+        with LLMClient(_cfg(good, tmp_path, base_url=[bad.base_url, good.base_url], max_retries=1),
+                       show_progress=False) as client:
+            results = client.run([_req(i) for i in range(10)], parse)
+        assert all(r.ok and r.value.answer == "ok" for r in results)
+        assert len(good.requests) == 10
+
+
+def test_replies_are_cached_under_the_set_of_replicas_not_the_one_that_answered(tmp_path):
+    with FakeOpenAIServer(default=lambda body: Reply('{"answer": "x"}')) as a, \
+            FakeOpenAIServer(default=lambda body: Reply('{"answer": "x"}')) as b:
+        cfg = _cfg(a, tmp_path, base_url=[a.base_url, b.base_url])
+        with LLMClient(cfg, show_progress=False) as client:
+            client.run([_req(i) for i in range(6)], parse)
+        with LLMClient(cfg.model_copy(update={"base_url": [b.base_url, a.base_url]}), show_progress=False) as client:
+            assert all(r.from_cache for r in client.run([_req(i) for i in range(6)], parse))
+            assert client.usage.total("requests") == 0

@@ -40,6 +40,11 @@ def test_smollm2_returns_schema_valid_json_through_the_same_client(tmp_path):
 
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+    # a second run starts the server on another port, and still finds the first run's reply in the cache
+    with LLMClient(cfg, show_progress=False) as client:
+        assert client._embedded.port != port
+        again = client.ask(req, lambda text: parse_answer(text, Pong))
+        assert again.from_cache and again.raw == result.raw and client.usage.total("requests") == 0
 
 
 def test_missing_gguf_is_a_config_error(tmp_path):

@@ -228,8 +228,13 @@ def write_jsonl(items: Iterable[Sample | Prediction], path: str | Path) -> None:
             fh.write(json.dumps(_as_dict(item), ensure_ascii=False, allow_nan=False) + "\n")
 
 
+def json_line(item: Sample | Prediction) -> str:
+    """The canonical JSONL line of a sample or prediction, with its newline."""
+    return json.dumps(_as_dict(item), ensure_ascii=False) + "\n"
+
+
 def append_jsonl(item: Sample | Prediction, fh) -> None:
     """Append one line and flush it, so a killed run never leaves a half line behind."""
-    fh.write(json.dumps(_as_dict(item), ensure_ascii=False) + "\n")
+    fh.write(json_line(item))
     fh.flush()
     os.fsync(fh.fileno())

@@ -7,6 +7,7 @@ image term is dropped. A sample never retrieves itself.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+@functools.lru_cache(maxsize=2)  # the demo pool and the queries share one loaded model
 def sentence_embedder(model: str | None = None) -> Embed:
     """A sentence-transformers embedder (default: the packaged all-MiniLM-L6-v2)."""
     from sentence_transformers import SentenceTransformer
@@ -112,6 +114,7 @@ class DemoSelector:
         return [int(i) for i in order[: self.k] if np.isfinite(s[i])]
 
 
+@functools.lru_cache(maxsize=2)
 def clip_embedder(name_or_path: str) -> Callable[[list], np.ndarray]:
     """An image embedder from a CLIP model loaded through transformers (by name or path)."""
     import torch

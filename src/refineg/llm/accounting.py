@@ -24,6 +24,18 @@ class Usage:
         self.by_stage[stage]["fallbacks"] += 1
         self.fallback_reasons[stage][reason] += 1
 
+    def state(self) -> dict:
+        """The raw counters, JSON-friendly: what another process adds with absorb()."""
+        return {"by_stage": {k: dict(v) for k, v in self.by_stage.items()},
+                "fallback_reasons": {k: dict(v) for k, v in self.fallback_reasons.items()}}
+
+    def absorb(self, state: dict) -> None:
+        """Add the counters of another Usage's state() (the Ray engine sums its actors' this way)."""
+        for stage, counts in state["by_stage"].items():
+            self.by_stage[stage].update(counts)
+        for stage, counts in state["fallback_reasons"].items():
+            self.fallback_reasons[stage].update(counts)
+
     def total(self, name: str) -> int:
         """One counter summed over all stages."""
         return sum(c[name] for c in self.by_stage.values())

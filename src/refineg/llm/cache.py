@@ -1,4 +1,4 @@
-"""The on-disk reply cache. Keys cover the endpoint URL, model, messages (images by content hash),
+"""The on-disk reply cache. Keys cover the endpoint URL(s) (or GGUF file), model, messages (images by content hash),
 parameters and the prompt template's name and version; never the API key."""
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ def _strip_images(obj: Any) -> Any:
     return obj
 
 
-def cache_key(model: str, messages: list, params: dict, template: str, version: str, base_url: str = "") -> str:
-    """A stable hash of everything that decides the reply (two servers serving one model name never share)."""
+def cache_key(model: str, messages: list, params: dict, template: str, version: str, scope: str = "") -> str:
+    """A stable hash of everything that decides the reply; scope names the server (two servers serving one
+    model name never share)."""
     payload = {"model": model, "messages": _strip_images(messages), "params": params,
-               "template": template, "version": version, "base_url": base_url.rstrip("/")}
+               "template": template, "version": version, "base_url": scope.rstrip("/")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

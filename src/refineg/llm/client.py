@@ -13,6 +13,7 @@ import logging
 import random
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import openai
@@ -81,9 +82,24 @@ class _Reply:
         return None if self.text.strip() else "empty"
 
 
+def embedded_server(cfg: LLMConfig) -> EmbeddedServer:
+    """The llama.cpp server for cfg.gguf; its log goes to the cache folder unless verbose."""
+    log_dir = None if cfg.verbose else (cfg.cache_dir or default_cache_dir())
+    return EmbeddedServer(cfg.gguf, cfg.mmproj, cfg.gguf_ctx, cfg.gguf_threads, min(cfg.concurrency, 4), log_dir=log_dir)
+
+
+def cache_scope(cfg: LLMConfig) -> str:
+    """What names a model's replies in the cache: the set of endpoint URLs, or the GGUF file (whose port changes)."""
+    if cfg.cache_scope:
+        return cfg.cache_scope
+    if cfg.gguf:
+        return f"gguf:{Path(cfg.gguf).resolve()}:{cfg.mmproj or ''}"
+    return "|".join(sorted(cfg.endpoints))
+
+
 @dataclass
 class LLMClient:
-    """A client for one endpoint (or an embedded GGUF server), built from an LLMConfig."""
+    """A client for one endpoint, several replicas of one model, or an embedded GGUF server, built from an LLMConfig."""
 
     config: LLMConfig
     usage: Usage = field(default_factory=Usage)
@@ -93,14 +109,14 @@ class LLMClient:
         cfg = self.config
         self._embedded: EmbeddedServer | None = None
         if cfg.gguf is not None:
-            log_dir = None if cfg.verbose else (cfg.cache_dir or default_cache_dir())
-            self._embedded = EmbeddedServer(cfg.gguf, cfg.mmproj, cfg.gguf_ctx, cfg.gguf_threads, min(cfg.concurrency, 4),
-                                            log_dir=log_dir)
-            self.base_url, self.model = self._embedded.base_url, cfg.model or self._embedded.model
-        elif cfg.base_url and cfg.model:
-            self.base_url, self.model = cfg.base_url, cfg.model
+            self._embedded = embedded_server(cfg)
+            self.endpoints, self.model = [self._embedded.base_url], cfg.model or self._embedded.model
+        elif cfg.endpoints and cfg.model:
+            self.endpoints, self.model = cfg.endpoints, cfg.model
         else:
             raise ConfigError("no LLM configured: give --llm-base-url and --llm-model, or --llm-gguf")
+        self.base_url = self.endpoints[0]
+        self.cache_scope = cache_scope(cfg)
         self.dialect = resolve(cfg.box_format, self.model)
         folder = (cfg.cache_dir or default_cache_dir()) / "llm" if cfg.cache else None
         self.cache = ReplyCache(folder)
@@ -113,7 +129,8 @@ class LLMClient:
     def close(self) -> None:
         """Close the HTTP client and its event loop, the cache, and the embedded server, if any."""
         if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result()
+            for client in self._clients:
+                asyncio.run_coroutine_threadsafe(client.close(), self._loop).result()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop = None
         self.cache.close()
@@ -146,9 +163,19 @@ class LLMClient:
 
     async def _open(self) -> None:
         # Retries are ours (counted, with jitter); the library's own are switched off.
-        self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key() or "not-needed",
-                                          timeout=self.config.timeout, max_retries=0)
-        self._sem = asyncio.Semaphore(self.config.concurrency)
+        self._clients = [openai.AsyncOpenAI(base_url=url, api_key=api_key() or "not-needed", timeout=self.config.timeout,
+                                            max_retries=0) for url in self.endpoints]
+        # ``concurrency`` is per endpoint: replicas each take that many requests at once
+        self._sems = [asyncio.Semaphore(self.config.concurrency) for _ in self.endpoints]
+        self._busy = [0] * len(self.endpoints)
+        self._turn = 0
+
+    def _endpoint(self, avoid: int | None) -> int:
+        """The least busy endpoint (taking turns on ties), other than the one that just failed if there is a choice."""
+        self._turn += 1
+        order = [(i + self._turn) % len(self.endpoints) for i in range(len(self.endpoints))]
+        usable = [i for i in order if i != avoid] or order
+        return min(usable, key=lambda i: self._busy[i])
 
     def ask(self, request: LLMRequest, parse: Callable[[str], T]) -> LLMResult[T]:
         """The result of one request."""
@@ -222,7 +249,7 @@ class LLMClient:
 
     async def _ask(self, req: LLMRequest, messages: list[dict], max_tokens: int) -> _Reply:
         params = self._params(req, max_tokens)
-        key = cache_key(self.model, messages, params, req.template, req.version, self.base_url)
+        key = cache_key(self.model, messages, params, req.template, req.version, self.cache_scope)
         hit = self.cache.get(key)
         if hit is not None:
             self.usage.add(req.stage, cache_hits=1)
@@ -239,12 +266,15 @@ class LLMClient:
     async def _post(self, stage: str, messages: list[dict], params: dict) -> tuple[str, dict, str | None]:
         """The reply text, token usage and finish reason, retrying 429, 5xx, timeouts and connection errors."""
         cfg = self.config
-        last = None
+        last, where = None, None
         for attempt in range(1, cfg.max_retries + 2):
+            where = self._endpoint(avoid=where)  # a retry goes to another replica when there is one
+            self._busy[where] += 1
             try:
-                async with self._sem:
+                async with self._sems[where]:
                     self.usage.add(stage, requests=1)
-                    resp = await self._client.chat.completions.create(model=self.model, messages=messages, **params)
+                    resp = await self._clients[where].chat.completions.create(model=self.model, messages=messages,
+                                                                              **params)
                 text, finish = _reply_text(resp)
                 return text, _usage(resp), finish
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError) as exc:
@@ -253,12 +283,14 @@ class LLMClient:
                 raise LLMError(f"{stage}: the server refused the request ({exc.status_code})", attempt, _describe(exc)) from None
             except ValueError as exc:  # a 200 whose body is not a chat completion
                 last = f"malformed response: {exc}"
+            finally:
+                self._busy[where] -= 1
             if attempt <= cfg.max_retries:
                 delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1)) * (0.5 + random.random())
                 self.usage.add(stage, retries=1)
                 log.info("%s: retry %d/%d in %.2fs after %s", stage, attempt, cfg.max_retries, delay, last)
                 await asyncio.sleep(delay)
-        raise LLMError(f"{stage}: no usable reply from {self.base_url}", cfg.max_retries + 1, last)
+        raise LLMError(f"{stage}: no usable reply from {', '.join(self.endpoints)}", cfg.max_retries + 1, last)
 
 
 def image_part(sent: SentImage) -> dict:
