@@ -193,6 +193,8 @@ class RayConfig(BaseModel):
     llm_actors: int = Field(2, ge=1, description="LLM actors; each holds one client, and llm.concurrency (per endpoint) "
                             "is split between them, so the cluster never has more requests in flight per endpoint")
     llm_cpus: float = Field(0.25, gt=0, description="CPUs per LLM actor (they wait on HTTP)")
+    llm_batches: int = Field(4, ge=1, description="batches each LLM actor works on at once (its requests share "
+                             "its slice of llm.concurrency)")
     batch_size: int = Field(32, ge=1, description="posts per batch handed to an actor")
     shard_size: int = Field(256, ge=1, description="posts per output shard file")
 

@@ -265,7 +265,8 @@ def _plan(ray, model_dir, todo, cfg: RunConfig, options: RunOptions):
     actor_options = replace(options, progress=False)
     return ds.map_batches(_Refiner, fn_constructor_args=(str(model_dir), llm_cfg.model_dump_json(), actor_options, index),
                           batch_size=None, compute=ray.data.ActorPoolStrategy(size=min(_llm_actors(cfg), blocks)),
-                          num_cpus=r.llm_cpus, batch_format="numpy", udf_modifying_row_count=False)
+                          num_cpus=r.llm_cpus, max_concurrency=r.llm_batches, batch_format="numpy",
+                          udf_modifying_row_count=False)
 
 
 def _consume(ds, out: Path, order: list[str], cfg: RunConfig, model_dir, options: RunOptions, timings: Counter):

@@ -96,3 +96,17 @@ def test_an_explicit_empty_answer_is_an_answer_and_prose_is_not():
     for bad in ("", "   ", "None of them is in the image."):
         with pytest.raises(ParseError):
             read_boxes(bad)
+
+
+def test_boxes_come_out_in_the_replys_order_whatever_the_hash_seed():
+    """A set of labels once decided the order: another process (a Ray actor, a rerun) wrote other rows."""
+    import subprocess
+    import sys
+
+    code = ("from refineg.llm.replies import read_boxes; import json; "
+            "r = read_boxes(json.dumps({'entities': [{'text': t, 'boxes': [[i, i, i + 9, i + 9]]} "
+            "for i, t in enumerate(['Lou Reed', 'Mick Jagger', 'Bowie', 'Iggy', 'Nico', 'Cale'])]})); "
+            "print([b.label for b in r.boxes])")
+    seen = {subprocess.run([sys.executable, "-c", code], env={"PYTHONHASHSEED": str(seed)}, capture_output=True,
+                           text=True, check=True).stdout for seed in range(6)}
+    assert seen == {"['Lou Reed', 'Mick Jagger', 'Bowie', 'Iggy', 'Nico', 'Cale']\n"}

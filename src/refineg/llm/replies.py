@@ -297,7 +297,7 @@ def _json_reading(answer: str, fits) -> Reading:
     fitting = [b for b in blocks if fits is None or all(fits(x.values) for x in b.boxes)] or blocks
     by_label: dict[str | None, list[RawBox]] = {}
     for b in fitting:
-        for lab in {x.label for x in b.boxes} | set(b.empty_labels):
+        for lab in dict.fromkeys([x.label for x in b.boxes] + list(b.empty_labels)):  # the reply's order, not a set's
             by_label[lab] = [x for x in b.boxes if x.label == lab]
     reading.boxes = [x for boxes in by_label.values() for x in boxes]
     reading.empty_labels = [lab for lab, boxes in by_label.items() if lab is not None and not boxes]
