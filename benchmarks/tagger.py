@@ -3,8 +3,10 @@
 For each training set it prints dev MNER P/R/F1, training time, tagging speed, the cost of the
 single-pass score over plain Viterbi decoding, and for every confidence score its AUROC for
 "this predicted entity is correct" and the share of wrong entities caught at 25% delegation.
+With --unlabeled it also self-trains each set on the rest of train as unlabeled posts (tokens only),
+and reports that setting separately ("train-500 + unlabeled").
 
-    .venv/bin/python benchmarks/tagger.py [--sets train-100 train-500 full] [--epochs N] [--mc 10]
+    .venv/bin/python benchmarks/tagger.py [--sets train-100 train-500 full] [--epochs N] [--mc 10] [--unlabeled]
 """
 
 from __future__ import annotations
@@ -93,24 +95,32 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="tagger config override, e.g. lstm_hidden=0")
     ap.add_argument("--models", type=Path, default=Path("runs/bench"), help="trained models are saved (and reused) here")
     ap.add_argument("--retrain", action="store_true", help="train even when a saved model exists")
+    ap.add_argument("--unlabeled", action="store_true", help="also the self-trained setting: the set's labels plus "
+                    "the other train tweets as unlabeled posts (tokens only), reported as '<set> + unlabeled'")
     args = ap.parse_args()
     train_all = load_samples(DATA / "Twitter10000_v2.0" / "txt" / "train.txt")
     dev = load_samples(DATA / "Twitter10000_v2.0" / "txt" / "dev.txt")
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     results = {}
-    for name in args.sets:
-        ids = None if name == "full" else read_ids(DATA / "splits" / f"{name}.ids")
-        train = [s for s in train_all if s.id in set(ids)] if ids else train_all
+    settings = [(name, False) for name in args.sets]
+    settings += [(name, True) for name in args.sets if args.unlabeled and name != "full"]
+    for name, self_trained in settings:
+        ids = None if name == "full" else set(read_ids(DATA / "splits" / f"{name}.ids"))
+        train = [s for s in train_all if s.id in ids] if ids else train_all
+        unlabeled = [s.with_(entities=()) for s in train_all if s.id not in ids] if self_trained else []
         epochs = args.full_epochs if name == "full" else args.epochs
         tcfg = TaggerConfig(**({"epochs": epochs} if epochs else {}), **overrides)
-        model_dir = args.models / name
+        name = f"{name} + unlabeled" if self_trained else name
+        model_dir = args.models / name.replace(" + ", "+")
         if args.retrain or not (model_dir / "meta.json").is_file():
-            train_model(train, dev, RunConfig(tagger=tcfg), model_dir, progress=False)
+            train_model(train, dev, RunConfig(tagger=tcfg), model_dir, progress=False, unlabeled=unlabeled)
         tagger = Tagger.load(model_dir)
-        meta = json.loads((model_dir / "meta.json").read_text())["train"]
+        full_meta = json.loads((model_dir / "meta.json").read_text())
+        meta = {**full_meta["train"], "seconds": full_meta.get("seconds_total", full_meta["train"]["seconds"])}
         plain, scored = timed_decoding(tagger, dev)
         figures = evaluate(tagger, dev, args.mc)
-        figures.update(train_seconds=meta["seconds"], best_epoch=meta["best_epoch"], epochs_run=meta["epochs_run"],
+        figures.update(setting=full_meta.get("setting"), selftraining=full_meta.get("selftraining"),
+                       train_seconds=meta["seconds"], best_epoch=meta["best_epoch"], epochs_run=meta["epochs_run"],
                        soup_epochs=meta.get("soup_epochs", []),
                        tag_per_s=len(dev) / scored, plain_decode_per_s=len(dev) / plain, score_cost=scored / plain,
                        model_dir=str(model_dir))
@@ -122,9 +132,13 @@ def main() -> None:
 
 def _print(name: str, f: dict) -> None:
     m = f["mner"]
-    print(f"\n== {name}: dev MNER P {m['precision']:.4f} R {m['recall']:.4f} F1 {m['f1']:.4f} "
+    print(f"\n== {name} [{f.get('setting') or 'labelled only'}]: dev MNER P {m['precision']:.4f} R {m['recall']:.4f} "
+          f"F1 {m['f1']:.4f} "
           f"(best epoch {f['best_epoch']}/{f['epochs_run']}, weights averaged over epochs {f['soup_epochs']}, "
-          f"trained in {f['train_seconds']:.0f} s)")
+          f"trained in {f['train_seconds']:.0f} s in all)")
+    for r in (f.get("selftraining") or {}).get("rounds", []):
+        print(f"   self-training round {r['round']}: {r['pseudo']['used']} pseudo-labelled posts, dev F1 "
+              f"{r['dev_f1_before']:.4f} -> {r['dev_f1_after']:.4f} ({'kept' if r['kept'] else 'dropped'}, {r['seconds']:.0f} s)")
     print(f"   tagging {f['tag_per_s']:.0f} sent/s with scores, {f['plain_decode_per_s']:.0f} sent/s plain Viterbi "
           f"-> single-pass scores cost {f['score_cost']:.2f}x")
     print(f"   {'score':<22} {'AUROC':>7} {'errors caught @25%':>19}")

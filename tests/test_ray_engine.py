@@ -95,6 +95,10 @@ def test_a_ray_run_killed_midway_resumes_to_the_same_rows(tiny_model, work):
     assert done >= written
     assert _ids(out) == [s.id for s in dev]
     assert out.read_text() == (work / "local.jsonl").read_text()
+    again = subprocess.run(_ray_args(model, work, out, "http://127.0.0.1:9/v1"), env=env, capture_output=True, text=True,
+                           timeout=400)  # nothing left: no cluster, no call, the rows untouched
+    assert again.returncode == 0 and f"({len(dev)} already done)" in again.stdout
+    assert out.read_text() == (work / "local.jsonl").read_text()
 
 
 def test_fold_shards_keeps_input_order_drops_a_half_line_and_prefers_the_newer_row(tmp_path):
@@ -122,3 +126,18 @@ def test_engine_options_are_checked(tiny_model, work, extra, message):
     res = subprocess.run([REFINEG, "run", "--model", str(model), "--data", str(work / "dev.jsonl"), "--out",
                           str(work / "x.jsonl")] + extra, capture_output=True, text=True)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_an_actors_error_is_one_clean_line(tiny_model, work):
+    model, _, dev = tiny_model
+    missing = work / "some-images"
+    missing.mkdir()
+    for s in dev[1:]:  # the first post's image is gone: with --strict that is fatal
+        (missing / s.image).write_bytes((work / "images" / s.image).read_bytes())
+    args = _ray_args(model, work, work / "strict.jsonl", "http://127.0.0.1:9/v1")
+    args[args.index("--images") + 1] = str(missing)
+    res = subprocess.run(args + ["--strict", "--allow-missing-images"], capture_output=True, text=True, timeout=400)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == (f"refineg: error: <input> (sample {dev[0].id}): image "
+                                                   f"{dev[0].image!r} not found in {missing}, {work}, {work.parent / 'images'}")
+    assert "Traceback" not in res.stderr

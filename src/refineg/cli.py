@@ -300,6 +300,8 @@ def train(
     out_dir: Path = typer.Option(..., "--out", help="MODEL_DIR to write."),
     ids: Optional[Path] = typer.Option(None, "--ids", help="Keep only these training sample ids."),
     augment: Optional[list[Path]] = typer.Option(None, "--augment", help="Extra training sentences (JSONL); repeatable."),
+    unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="Unlabeled posts for self-training: JSONL (tokens "
+                                             "or text; entities ignored), any supported input, or one post per line."),
     encoder: Optional[str] = typer.Option(None, "--encoder", help="HF encoder name or path (default: packaged MiniLM)."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     seed: Optional[int] = typer.Option(None, "--seed"),
@@ -309,7 +311,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train the tagger (encoder + CRF), calibrate its gate on dev, and save MODEL_DIR."""
-    from .data import load_samples, read_ids
+    from .data import load_samples, load_unlabeled, read_ids
     from .pipeline import train_model
 
     from .data.textio import check_output
@@ -321,17 +323,27 @@ def train(
     samples = load_samples(train_data, read_ids(ids) if ids else None)
     extra = [s for f in augment or [] for s in load_samples(f)]
     dev_samples = load_samples(dev)
+    posts = load_unlabeled(unlabeled) if unlabeled else []
     for path, got in ((train_data, samples), (dev, dev_samples)):
         if not got:
             raise DataError("no samples in the file", path)
     sources = {"train": str(train_data), "ids": str(ids) if ids else None, "augment": [str(a) for a in augment or []],
-               "dev": str(dev), "train_samples": len(samples), "augment_samples": len(extra)}
-    result = train_model(samples + extra, dev_samples, cfg, out_dir, progress=not quiet, sources=sources)
+               "dev": str(dev), "train_samples": len(samples), "augment_samples": len(extra),
+               "unlabeled": str(unlabeled) if unlabeled else None}
+    result = train_model(samples + extra, dev_samples, cfg, out_dir, progress=not quiet, sources=sources,
+                         unlabeled=posts)
     m, g, t = result.meta["dev"]["mner"], result.gate, result.meta["train"]
+    out.print(f"setting: {result.meta['setting']}")
     out.print(f"trained on {len(samples)} + {len(extra)} augmented sentences in {t['seconds']:.0f} s "
               f"(best epoch {t['best_epoch']} of {t['epochs_run']}; weights averaged over epochs "
               f"{', '.join(map(str, t['soup_epochs']))})")
-    out.print(f"dev MNER  P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}")
+    for r in (result.meta.get("selftraining") or {}).get("rounds", []):
+        out.print(f"self-training round {r['round']}: {r['pseudo']['used']} pseudo-labelled posts "
+                  f"({r['pseudo']['entities_used']} entities) of {r['unlabeled_posts']}; dev MNER F1 "
+                  f"{r['dev_f1_before']:.4f} -> {r['dev_f1_after']:.4f}, {'kept' if r['kept'] else 'dropped'} "
+                  f"({r['seconds']:.0f} s)")
+    out.print(f"dev MNER  P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}  [{result.meta['setting']}; "
+              f"{result.meta['seconds_total']:.0f} s in all]")
     out.print(f"gate ({g.mode}): AUROC {g.auroc:.4f}, delegates {g.delegation_rate:.1%} of entities, "
               f"catches {g.errors_caught:.1%} of wrong entities; flags {g.sample_flag_rate:.1%} of samples "
               f"holding {g.misses_in_flagged:.1%} of missed entities")

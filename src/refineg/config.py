@@ -181,6 +181,21 @@ class GroundConfig(BaseModel):
                                         "groundability threshold keeps")
 
 
+class SelfTrainConfig(BaseModel):
+    """Self-training on unlabeled posts (``train --unlabeled``): which pseudo-labels to trust, how much they count."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: int = Field(1, ge=0, description="rounds at most; a round is kept only when dev MNER F1 rises, and the "
+                        "rounds stop at the first that does not (a round costs about 1.4 trainings on 500 posts)")
+    entity_score: float = Field(0.7, ge=0, le=1, description="a post is used when every entity's calibrated score "
+                                "is at least this (and the gate does not flag it as missing one)")
+    weight: float = Field(0.5, gt=0, le=1, description="loss weight of a pseudo-labelled post (gold: 1)")
+    empty_share: float = Field(0.3, ge=0, lt=1, description="share of used posts that have no entity")
+    max_sentences: int = Field(3000, ge=1, description="pseudo-labelled posts per round at most")
+    epochs: int = Field(3, ge=1, description="student epochs (it starts from the tagger's weights)")
+
+
 class RayConfig(BaseModel):
     """The Ray engine (``refineg run --engine ray``): actor pools and their resources."""
 
@@ -210,6 +225,7 @@ class RunConfig(BaseModel):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     ground: GroundConfig = Field(default_factory=GroundConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    selftrain: SelfTrainConfig = Field(default_factory=SelfTrainConfig)
 
 
 def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:

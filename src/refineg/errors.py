@@ -19,6 +19,10 @@ class DataError(RefinegError):
         self.reason = message
         super().__init__(self._render())
 
+    def __reduce__(self):
+        # rebuilt from its parts, not its rendered text (a Ray actor's error reaches the driver pickled)
+        return type(self), (self.reason, self.path, self.line, self.sample)
+
     def _render(self) -> str:
         where = self.path or "<input>"
         if self.line is not None:

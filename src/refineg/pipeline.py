@@ -36,11 +36,21 @@ class TrainResult:
 
 
 def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, out_dir: str | Path | None = None,
-                progress: bool = True, sources: dict | None = None) -> TrainResult:
-    """Train the tagger, calibrate the gate on dev, and save both into out_dir (if given)."""
+                progress: bool = True, sources: dict | None = None, unlabeled: Sequence[Sample] = ()) -> TrainResult:
+    """Train the tagger (then self-train it on unlabeled posts, if any), calibrate the gate on dev, and save
+    both into out_dir (if given)."""
     if not dev:
         raise DataError("a dev set is needed to pick the epoch and calibrate the gate")
+    t_start = time.perf_counter()
     tagger, report = train_tagger(train, dev, cfg.tagger, progress=progress)
+    selftraining = None
+    if unlabeled:
+        from .selftrain import self_train
+
+        done = self_train(tagger, report.soup_dev_f1, train, dev, unlabeled, cfg, progress)
+        tagger = done.tagger
+        selftraining = {"unlabeled_posts": len(unlabeled), "rounds": done.rounds,
+                        "rounds_kept": sum(r["kept"] for r in done.rounds)}
     t0 = time.perf_counter()
     tagged = tagger.predict_detailed(dev)
     tag_seconds = time.perf_counter() - t0
@@ -49,7 +59,10 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
     gate = replace(calibrate(dev_preds, dev, cfg.gate), score_model=score_model.as_dict() if score_model else None)
     groundability = _fit_groundability(train, dev, cfg)
     meta = {
+        "setting": _setting(train, unlabeled),
         "train": report.as_dict(),
+        "selftraining": selftraining,
+        "seconds_total": round(time.perf_counter() - t_start, 1),
         "dev": {"mner": score(dev, dev_preds).overall["mner"].as_dict(), "tag_sentences_per_s": round(len(dev) / tag_seconds, 1)},
         "gate": {"auroc": gate.auroc, "delegation_rate": gate.delegation_rate, "errors_caught": gate.errors_caught},
         "groundability": groundability.dev if groundability else None,
@@ -59,6 +72,12 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
     if out_dir is not None:
         save_model_dir(out_dir, tagger, gate, meta, groundability)
     return TrainResult(tagger, gate, meta)
+
+
+def _setting(train: Sequence[Sample], unlabeled: Sequence[Sample]) -> str:
+    """Which data a model learnt from, in the words every report uses."""
+    labelled = f"{len(train)} labelled"
+    return f"{labelled} + {len(unlabeled)} unlabeled (self-training)" if unlabeled else f"{labelled} only"
 
 
 def _fit_groundability(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig):

@@ -39,7 +39,7 @@ from .config import RunConfig, default_cache_dir
 from .data import load_samples
 from .data.jsonl import json_line
 from .data.textio import atomic_open
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, RefinegError
 from .pipeline import (RunOptions, DemoIndex, Pipeline, _folders, _Images, _LLMStages, done_ids, finish_run,
                        load_groundability, model_types)
 
@@ -161,14 +161,15 @@ class _Refiner:
 
 
 @contextlib.contextmanager
-def _cluster(address: str | None) -> Iterator[str]:
-    """Connected to ADDR ('auto': a running cluster), or to a local cluster started (and stopped) here."""
+def _cluster(address: str | None, verbose: bool) -> Iterator[str]:
+    """Connected to ADDR ('auto': a running cluster), or to a local cluster started (and stopped) here;
+    the actors' own log lines are shown unless quiet."""
     import ray
 
     if ray.is_initialized():  # a Python caller's own session
         yield "existing session"
         return
-    kw = dict(logging_level=logging.WARNING, include_dashboard=False)
+    kw = dict(logging_level=logging.WARNING, include_dashboard=False, log_to_driver=verbose)
     try:
         ray.init(address=address, **kw) if address else ray.init(num_cpus=os.cpu_count(), **kw)
     except ConnectionError as exc:
@@ -217,10 +218,15 @@ def run_ray(model_dir: str | Path, data: str | Path, out: str | Path, cfg: RunCo
         _Images(list(options.images), options.strict, None, Counter()).check_missing(todo, options.allow_missing_images)
     timings = Counter(load=time.perf_counter() - t0)
     address = address or cfg.ray.address
-    with _shared_endpoint(cfg) as cfg, _cluster(address) as where:
-        _quiet(ray, options.progress)
-        ds = _plan(ray, model_dir, todo, cfg, options)
-        tagged, stats, local = _consume(ds, out, order, cfg, model_dir, options, timings)
+    tagged, stats, local, where = [], {}, None, "not needed: nothing left to do"
+    if todo:
+        with _shared_endpoint(cfg) as cfg, _cluster(address, options.progress) as where:
+            _configure(ray, options.progress)
+            ds = _plan(ray, model_dir, todo, cfg, options)
+            try:
+                tagged, stats, local = _consume(ds, out, order, cfg, model_dir, options, timings)
+            except ray.exceptions.RayError as exc:  # an actor's own error, e.g. a missing image with --strict
+                raise _refineg_cause(exc) or exc from None
     fold_shards(out, order)
     counts, usage, notes = _totals(stats, local, cfg, timings)
     engine = {"name": "ray", "address": where, "tagger_actors": cfg.ray.tagger_actors,
@@ -229,12 +235,27 @@ def run_ray(model_dir: str | Path, data: str | Path, out: str | Path, cfg: RunCo
                       load_groundability(model_dir, cfg), engine)
 
 
-def _quiet(ray, progress: bool) -> None:
-    """Ray Data's progress bars only with progress; its execution plans and notices only at warning level."""
+def _configure(ray, progress: bool) -> None:
+    """Ray Data's progress bars only with progress, its notices only at warning level, and an actor's own
+    exception passed on as it is (not as a generic "UDF failed")."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING if progress else logging.ERROR)
+    ctx.raise_original_map_exception = True
+    # quiet: an actor's error is raised here as one clean line, so Ray's own report of it is not shown
+    logging.getLogger("ray.data").setLevel(logging.WARNING if progress else logging.CRITICAL)
+
+
+def _refineg_cause(exc: BaseException) -> RefinegError | None:
+    """The RefinegError an actor raised, found behind Ray's wrappers (its message names the file or sample)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, RefinegError):
+            return cause
+        exc = cause if isinstance(cause, BaseException) else exc.__cause__
+    return None
 
 
 def _llm_actors(cfg: RunConfig) -> int:

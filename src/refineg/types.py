@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Mapping
 
-Source = Literal["gold", "tagger", "mllm", "synthetic"]
+Source = Literal["gold", "tagger", "mllm", "synthetic", "pseudo"]
 Decision = Literal["keep", "delegate"]
 
 

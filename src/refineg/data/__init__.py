@@ -78,6 +78,28 @@ def load_samples(path: str | Path, ids: list[str] | None = None) -> list[Sample]
     return list(load_dataset(path, ids).samples)
 
 
+def load_unlabeled(path: str | Path) -> list[Sample]:
+    """Posts without labels: any supported input (its entities dropped), or plain text with one post per
+    line (a ``.txt`` that is not a Twitter-GMNER split), tokenised the Twitter-GMNER way."""
+    from .tokenize import tokenize
+
+    path = Path(path)
+    if path.is_file() and path.suffix not in (".jsonl", ".json") and not _looks_like_a_split(path):
+        posts = [(n, line.strip()) for n, line in text_lines(path) if line.strip()]
+        if not posts:
+            raise DataError("no posts in the file", path)
+        return [Sample(f"unlabeled-{n}", tuple(tokenize(text)), raw_text=text) for n, text in posts]
+    return [s.with_(entities=()) for s in load_samples(path)]
+
+
+def _looks_like_a_split(path: Path) -> bool:
+    """True when the first non-blank line of a text file opens a Twitter-GMNER sample."""
+    for _, line in text_lines(path):
+        if line.strip():
+            return line.startswith("IMGID:")
+    return False
+
+
 def output_format(path: str | Path, fmt: str | None = None) -> str:
     """The format an output path (or fmt) names: .jsonl/.json, .txt/.conll, or a folder (no suffix) for CCKS."""
     path = Path(path)
@@ -110,6 +132,6 @@ def save_samples(samples: list[Sample], path: str | Path, fmt: str | None = None
 
 
 __all__ = [
-    "Dataset", "FORMATS", "detect_format", "load_dataset", "load_samples", "read_ids",
+    "Dataset", "FORMATS", "detect_format", "load_dataset", "load_samples", "load_unlabeled", "read_ids",
     "output_format", "read_predictions", "save_samples",
 ]

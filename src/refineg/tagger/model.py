@@ -63,7 +63,7 @@ class TaggerModel(nn.Module):
             x = self.dropout(x)
         return self.emit(x)
 
-    def loss(self, batch: EncodedBatch, tags: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood of the gold tags."""
-        em = self.emissions(batch)
-        return -self.crf(em, tags, mask=batch.word_mask, reduction="mean")
+    def loss(self, batch: EncodedBatch, tags: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean negative log-likelihood of the tags, each sentence weighted (pseudo-labels count less than gold)."""
+        llh = self.crf(self.emissions(batch), tags, mask=batch.word_mask, reduction="none")
+        return -(llh if weights is None else llh * weights.to(llh.dtype)).mean()

@@ -30,10 +30,10 @@ def lexicon_key(text: str) -> str:
 
 
 def lexicon_of(samples: Sequence[Sample]) -> dict[str, list[str]]:
-    """Every entity text of the samples with the types it was labelled with."""
+    """Every entity text of the samples with the types it was labelled with (pseudo-labels are not evidence)."""
     seen: dict[str, set[str]] = {}
     for s in samples:
-        for e in s.entities:
+        for e in (e for e in s.entities if e.source != "pseudo"):
             seen.setdefault(lexicon_key(e.text), set()).add(e.type)
     return {k: sorted(v) for k, v in sorted(seen.items())}
 

@@ -53,10 +53,11 @@ def labels_for(samples: Sequence[Sample]) -> list[str]:
     return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
 
 
-def _examples(samples: Sequence[Sample], labels: list[str]) -> list[tuple[list[str], list[int], list[int]]]:
+def _examples(samples: Sequence[Sample], labels: list[str], weights: Sequence[float] | None = None) -> list[tuple]:
+    """(words, shapes, tag ids, prior ids, weight) per sample with tokens."""
     index = {lab: i for i, lab in enumerate(labels)}
     out = []
-    for s in samples:
+    for s, weight in zip(samples, weights if weights is not None else [1.0] * len(samples)):
         if not s.tokens:
             continue
         spans = [(e.start, e.end, e.type) for e in s.entities]
@@ -66,7 +67,7 @@ def _examples(samples: Sequence[Sample], labels: list[str]) -> list[tuple[list[s
             tags = tags_from_spans(len(s.tokens), spans)
         except ValueError as exc:
             raise DataError(f"cannot train on it: {exc}", sample=s.id) from None
-        out.append((list(s.tokens), shape_ids(s.tokens), [index[t] for t in tags], None))
+        out.append((list(s.tokens), shape_ids(s.tokens), [index[t] for t in tags], None, float(weight)))
     return out
 
 
@@ -98,25 +99,29 @@ def _optimizer(model: TaggerModel, cfg: TaggerConfig) -> torch.optim.Optimizer:
 
 
 def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: TaggerConfig,
-                 progress: bool = True, on_epoch: Callable[[int, float, float], None] | None = None) -> tuple[Tagger, TrainReport]:
-    """Train on train; pick the epoch with the best dev MNER F1 (the last epoch without dev)."""
+                 progress: bool = True, on_epoch: Callable[[int, float, float], None] | None = None,
+                 weights: Sequence[float] | None = None, init: Tagger | None = None) -> tuple[Tagger, TrainReport]:
+    """Train on train (each sentence weighted by ``weights``, default 1); pick the epoch with the best dev MNER
+    F1 (the last epoch without dev). ``init`` starts from another tagger's weights (a self-training student)."""
     from transformers import get_linear_schedule_with_warmup
 
     t0 = time.perf_counter()
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    labels = labels_for(list(train) + list(dev or []))
-    examples = _examples(train, labels)
+    labels = init.labels if init is not None else labels_for(list(train) + list(dev or []))
+    examples = _examples(train, labels, weights)
     if not examples:
         raise DataError("no training sentences")
     encoder, tokenizer = load_encoder(cfg.encoder)
     prior = prior_for(cfg)
     model = build_model(encoder, labels, cfg, prior)
+    if init is not None:
+        model.load_state_dict(init.model.state_dict())
     if cfg.freeze_embeddings:
         encoder.get_input_embeddings().weight.requires_grad_(False)
     tagger = Tagger(model, tokenizer, cfg, prior, lexicon_of(train))
     if prior is not None:
-        examples = [(w, s, t, p) for (w, s, t, _), p in zip(examples, prior.ids([e[0] for e in examples]))]
+        examples = [(w, s, t, p, wt) for (w, s, t, _, wt), p in zip(examples, prior.ids([e[0] for e in examples]))]
     opt = _optimizer(model, cfg)
     passes = passes_per_epoch(len(examples), cfg)
     lengths = [tagger.aligner.n_subtokens(e[0]) for e in examples]
@@ -214,10 +219,10 @@ def _run_epoch(tagger: Tagger, examples, batches: list[list[int]], opt, sched, p
         priors = [c[3] for c in chunk] if tagger.prior is not None else None
         enc = tagger.aligner.encode([c[0] for c in chunk], [c[1] for c in chunk], priors)
         tags = torch.zeros_like(enc.word_mask, dtype=torch.long)
-        for b, (_, _, tag_ids, _) in enumerate(chunk):
+        for b, (_, _, tag_ids, _, _) in enumerate(chunk):
             tags[b, : len(tag_ids)] = torch.tensor(tag_ids)
         tags = tags * enc.word_mask  # words past the sub-token limit carry no label
-        loss = model.loss(enc, tags)
+        loss = model.loss(enc, tags, torch.tensor([c[4] for c in chunk]))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

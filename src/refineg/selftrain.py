@@ -1,0 +1,111 @@
+"""Self-training on unlabeled posts (``refineg train --unlabeled FILE``).
+
+The trained tagger labels the unlabeled posts and its calibrated score model says which labels to
+trust: a post is kept when every entity's calibrated score is at least ``entity_score`` and its
+missing-entity score is below the gate's flag threshold (so no token is likely an entity it missed).
+A student starts from the tagger's weights and trains on gold plus those pseudo-labels, weighted
+below gold. It replaces the tagger only when dev MNER F1 rises; rounds repeat while it does. Dev
+picks epochs and rounds and calibrates the gate, and is never pseudo-labelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Sequence
+
+from .config import RunConfig, SelfTrainConfig
+from .eval.metrics import normalise
+from .gate import ScoreModel, calibrate
+from .tagger.tagger import Tagger
+from .tagger.train import train_tagger
+from .types import Prediction, Sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SelfTrained:
+    """The tagger after self-training (the input one when no round helped), its score model and the rounds."""
+
+    tagger: Tagger
+    score_model: ScoreModel | None
+    rounds: list[dict]
+
+
+def fresh_posts(unlabeled: Sequence[Sample], train: Sequence[Sample], dev: Sequence[Sample]) -> list[Sample]:
+    """The unlabeled posts that are neither a labelled nor a dev post (by id or text), each text once."""
+    seen_ids = {s.id for s in list(train) + list(dev)}
+    seen_texts = {_key(s) for s in list(train) + list(dev)}
+    out = []
+    for s in unlabeled:
+        key = _key(s)
+        if s.tokens and s.id not in seen_ids and key not in seen_texts:
+            seen_texts.add(key)
+            out.append(s)
+    return out
+
+
+def _key(sample: Sample) -> str:
+    """A post's text with case and spacing ignored: a recased copy of a dev post is still that post."""
+    return normalise(sample.text).lower()
+
+
+def pseudo_labelled(posts: Sequence[Sample], preds: Sequence[Prediction], cfg: SelfTrainConfig,
+                    missing_threshold: float, seed: int) -> tuple[list[Sample], Counter]:
+    """The posts whose predicted labels the score model trusts, as training samples, and why others were not."""
+    trusted, empty, counts = [], [], Counter()
+    for s, p in zip(posts, preds):
+        if (p.missing_score or 0.0) >= missing_threshold:
+            counts["maybe_missing_an_entity"] += 1
+        elif any((e.score if e.score is not None else 0.0) < cfg.entity_score for e in p.entities):
+            counts["uncertain_entity"] += 1
+        else:
+            ents = tuple(e.with_(score=None, decision=None, source="pseudo", boxes=()) for e in p.entities)
+            (trusted if ents else empty).append(s.with_(entities=ents))
+    rng = random.Random(seed)
+    rng.shuffle(empty)  # posts without entities teach precision; a share of them, not all
+    kept = trusted + empty[:int(cfg.empty_share / (1 - cfg.empty_share) * len(trusted))]
+    if len(kept) > cfg.max_sentences:
+        kept = rng.sample(kept, cfg.max_sentences)
+    counts.update(trusted_with_entities=len(trusted), trusted_without=len(empty), used=len(kept),
+                  entities_used=sum(len(s.entities) for s in kept))
+    return kept, counts
+
+
+def _score_model(tagger: Tagger, dev: Sequence[Sample], cfg: RunConfig):
+    tagged = tagger.predict_detailed(dev)
+    model = ScoreModel.fit(tagged, dev) if cfg.gate.score == "combined" else None
+    return model, model.rescore(tagged) if model else [t.prediction for t in tagged]
+
+
+def self_train(tagger: Tagger, dev_f1: float, train: Sequence[Sample], dev: Sequence[Sample],
+               unlabeled: Sequence[Sample], cfg: RunConfig, progress: bool = True) -> SelfTrained:
+    """Rounds of pseudo-labelling and student training, kept while dev MNER F1 rises."""
+    st = cfg.selftrain
+    posts = fresh_posts(unlabeled, train, dev)
+    score_model, dev_preds = _score_model(tagger, dev, cfg)
+    rounds: list[dict] = []
+    for r in range(1, st.rounds + 1):
+        t0 = time.perf_counter()
+        missing = calibrate(dev_preds, dev, cfg.gate).missing_threshold
+        tagged = tagger.predict_detailed(posts, progress=progress)
+        preds = score_model.rescore(tagged) if score_model else [t.prediction for t in tagged]
+        pseudo, counts = pseudo_labelled(posts, preds, st, missing, cfg.tagger.seed + r)
+        student_cfg = cfg.tagger.model_copy(update={"epochs": st.epochs, "seed": cfg.tagger.seed + r})
+        student, report = train_tagger(list(train) + pseudo, dev, student_cfg, progress,
+                                       weights=[1.0] * len(train) + [st.weight] * len(pseudo), init=tagger)
+        better = report.soup_dev_f1 > dev_f1
+        rounds.append({"round": r, "unlabeled_posts": len(posts), "pseudo": dict(counts),
+                       "dev_f1_before": round(dev_f1, 4), "dev_f1_after": round(report.soup_dev_f1, 4),
+                       "kept": better, "seconds": round(time.perf_counter() - t0, 1)})
+        log.info("self-training round %d: %d pseudo-labelled posts, dev MNER F1 %.4f -> %.4f (%s)", r,
+                 len(pseudo), dev_f1, report.soup_dev_f1, "kept" if better else "dropped")
+        if not better:
+            break
+        tagger, dev_f1 = student, report.soup_dev_f1
+        score_model, dev_preds = _score_model(tagger, dev, cfg)
+    return SelfTrained(tagger, score_model, rounds)

@@ -1,0 +1,96 @@
+"""Self-training: which pseudo-labels are trusted, that dev is never pseudo-labelled, the unlabeled readers,
+and `refineg train --unlabeled` end to end on real tweets (a tiny schedule: it measures nothing)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from refineg.config import SelfTrainConfig
+from refineg.data import load_unlabeled, save_samples
+from refineg.errors import DataError
+from refineg.selftrain import fresh_posts, pseudo_labelled
+from refineg.types import Entity, Prediction, Sample
+
+REFINEG = str(Path(sys.executable).parent / "refineg")
+
+
+def _post(i: int) -> Sample:
+    return Sample(f"u{i}", tuple(f"w{i}_{k}" for k in range(4)))
+
+
+def _pred(i: int, scores: list[float], missing: float = 0.0) -> Prediction:
+    ents = tuple(Entity(f"w{i}_{k}", "PER", k, k + 1, score=s, source="tagger", decision="keep")
+                 for k, s in enumerate(scores))
+    return Prediction(f"u{i}", ents, missing_score=missing)
+
+
+def test_a_post_is_used_only_when_every_entity_is_trusted_and_none_seems_missing():
+    posts = [_post(i) for i in range(6)]
+    preds = [_pred(0, [0.95, 0.99]), _pred(1, [0.95, 0.5]), _pred(2, [0.97], missing=0.8), _pred(3, []),
+             _pred(4, [], missing=0.9), _pred(5, [0.93])]
+    cfg = SelfTrainConfig(entity_score=0.9, empty_share=0.5)
+    kept, counts = pseudo_labelled(posts, preds, cfg, missing_threshold=0.5, seed=1)
+    assert sorted(s.id for s in kept) == ["u0", "u3", "u5"]
+    assert counts["uncertain_entity"] == 1 and counts["maybe_missing_an_entity"] == 2
+    ents = [e for s in kept for e in s.entities]
+    assert all(e.source == "pseudo" and e.score is None and e.decision is None for e in ents)
+    assert [(e.start, e.end, e.type) for e in next(s for s in kept if s.id == "u0").entities] == [(0, 1, "PER"), (1, 2, "PER")]
+
+
+def test_posts_without_entities_are_capped_and_the_round_is_capped():
+    posts = [_post(i) for i in range(40)]
+    preds = [_pred(i, [0.99] if i < 10 else []) for i in range(40)]
+    kept, _ = pseudo_labelled(posts, preds, SelfTrainConfig(empty_share=0.3), 0.5, seed=1)
+    assert sum(1 for s in kept if s.entities) == 10 and sum(1 for s in kept if not s.entities) == 4
+    kept, _ = pseudo_labelled(posts, preds, SelfTrainConfig(empty_share=0.3, max_sentences=5), 0.5, seed=1)
+    assert len(kept) == 5
+
+
+def test_dev_and_labelled_posts_are_never_pseudo_labelled_even_under_another_id():
+    dev = [Sample("d1", ("A", "dev", "post"))]
+    train = [Sample("t1", ("A", "train", "post"))]
+    unlabeled = [Sample("x1", ("a", "DEV", "post")), Sample("t1", ("other",)), Sample("x2", ("new", "post")),
+                 Sample("x3", ("new", "post")), Sample("x4", ())]
+    assert [s.id for s in fresh_posts(unlabeled, train, dev)] == ["x2"]
+
+
+def test_unlabeled_posts_come_as_plain_text_jsonl_or_a_split(tmp_path, twitter_dev):
+    txt = tmp_path / "posts.txt"
+    txt.write_text("RT @user : Obama visits Paris\n\n  second post here  \n", encoding="utf-8")
+    posts = load_unlabeled(txt)
+    assert [s.tokens for s in posts] == [("RT", "@", "user", ":", "Obama", "visits", "Paris"), ("second", "post", "here")]
+    assert [s.id for s in posts] == ["unlabeled-1", "unlabeled-3"]
+    jsonl = tmp_path / "posts.jsonl"
+    save_samples([Sample("j1", ("Obama", "here"), (Entity("Obama", "PER", 0, 1),))], jsonl)
+    assert load_unlabeled(jsonl) == [Sample("j1", ("Obama", "here"))]
+    split = load_unlabeled(twitter_dev)
+    assert len(split) > 1000 and not any(s.entities for s in split)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n\xff\xfe broken\n")
+    with pytest.raises(DataError, match="bad.txt:2"):
+        load_unlabeled(bad)
+
+
+def test_train_with_unlabeled_posts_self_trains_and_says_which_setting(tmp_path, twitter_train, twitter_dev):
+    from refineg.data import load_samples
+
+    train = load_samples(twitter_train)
+    save_samples(train[:40], tmp_path / "train.jsonl")
+    (tmp_path / "unlabeled.txt").write_text("\n".join(s.text for s in train[40:140]) + "\n", encoding="utf-8")
+    save_samples(load_samples(twitter_dev)[:40], tmp_path / "dev.jsonl")
+    (tmp_path / "cfg.toml").write_text("[tagger]\nepochs = 2\nmin_epoch_steps = 1\nlstm_hidden = 32\nsoup = 1\n"
+                                       "[selftrain]\nepochs = 1\nentity_score = 0.0\nrounds = 2\n")
+    res = subprocess.run([REFINEG, "train", "--train", str(tmp_path / "train.jsonl"), "--dev", str(tmp_path / "dev.jsonl"),
+                          "--unlabeled", str(tmp_path / "unlabeled.txt"), "--out", str(tmp_path / "model"), "--config",
+                          str(tmp_path / "cfg.toml"), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "setting: 40 labelled + 100 unlabeled (self-training)" in res.stdout
+    assert "self-training round 1:" in res.stdout
+    meta = json.loads((tmp_path / "model" / "meta.json").read_text())
+    assert meta["setting"] == "40 labelled + 100 unlabeled (self-training)"
+    first = meta["selftraining"]["rounds"][0]
+    assert first["unlabeled_posts"] == 100 and first["pseudo"]["used"] > 0
+    assert first["kept"] == (first["dev_f1_after"] > first["dev_f1_before"])
