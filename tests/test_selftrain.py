@@ -77,20 +77,21 @@ def test_unlabeled_posts_come_as_plain_text_jsonl_or_a_split(tmp_path, twitter_d
 def test_train_with_unlabeled_posts_self_trains_and_says_which_setting(tmp_path, twitter_train, twitter_dev):
     from refineg.data import load_samples
 
-    train = load_samples(twitter_train)
-    save_samples(train[:40], tmp_path / "train.jsonl")
+    train, dev = load_samples(twitter_train), load_samples(twitter_dev)[:40]
+    save_samples(train[:40] + dev, tmp_path / "train.jsonl")  # as the tiny model: enough entities to work with
     (tmp_path / "unlabeled.txt").write_text("\n".join(s.text for s in train[40:140]) + "\n", encoding="utf-8")
-    save_samples(load_samples(twitter_dev)[:40], tmp_path / "dev.jsonl")
-    (tmp_path / "cfg.toml").write_text("[tagger]\nepochs = 2\nmin_epoch_steps = 1\nlstm_hidden = 32\nsoup = 1\n"
+    save_samples(dev, tmp_path / "dev.jsonl")
+    (tmp_path / "cfg.toml").write_text("[tagger]\nepochs = 4\nmin_epoch_steps = 1\nlstm_hidden = 32\nsoup = 1\n"
+                                       "batch_size = 8\nlr_head = 3e-3\nlr_encoder = 2e-4\nwarmup = 0\n"
                                        "[selftrain]\nepochs = 1\nentity_score = 0.0\nrounds = 2\n")
     res = subprocess.run([REFINEG, "train", "--train", str(tmp_path / "train.jsonl"), "--dev", str(tmp_path / "dev.jsonl"),
                           "--unlabeled", str(tmp_path / "unlabeled.txt"), "--out", str(tmp_path / "model"), "--config",
                           str(tmp_path / "cfg.toml"), "--quiet"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "setting: 40 labelled + 100 unlabeled (self-training)" in res.stdout
+    assert "setting: 80 labelled + 100 unlabeled (self-training)" in res.stdout
     assert "self-training round 1:" in res.stdout
     meta = json.loads((tmp_path / "model" / "meta.json").read_text())
-    assert meta["setting"] == "40 labelled + 100 unlabeled (self-training)"
+    assert meta["setting"] == "80 labelled + 100 unlabeled (self-training)"
     first = meta["selftraining"]["rounds"][0]
     assert first["unlabeled_posts"] == 100 and first["pseudo"]["used"] > 0
     assert first["kept"] == (first["dev_f1_after"] > first["dev_f1_before"])

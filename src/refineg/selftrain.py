@@ -95,6 +95,11 @@ def self_train(tagger: Tagger, dev_f1: float, train: Sequence[Sample], dev: Sequ
         tagged = tagger.predict_detailed(posts, progress=progress)
         preds = score_model.rescore(tagged) if score_model else [t.prediction for t in tagged]
         pseudo, counts = pseudo_labelled(posts, preds, st, missing, cfg.tagger.seed + r)
+        if not counts["trusted_with_entities"]:  # nothing to learn from: no student is trained
+            rounds.append({"round": r, "unlabeled_posts": len(posts), "pseudo": dict(counts), "kept": False,
+                           "dev_f1_before": round(dev_f1, 4), "dev_f1_after": round(dev_f1, 4),
+                           "seconds": round(time.perf_counter() - t0, 1)})
+            break
         student_cfg = cfg.tagger.model_copy(update={"epochs": st.epochs, "seed": cfg.tagger.seed + r})
         student, report = train_tagger(list(train) + pseudo, dev, student_cfg, progress,
                                        weights=[1.0] * len(train) + [st.weight] * len(pseudo), init=tagger)
