@@ -68,6 +68,9 @@ def test_unlabeled_posts_come_as_plain_text_jsonl_or_a_split(tmp_path, twitter_d
     assert load_unlabeled(jsonl) == [Sample("j1", ("Obama", "here"))]
     split = load_unlabeled(twitter_dev)
     assert len(split) > 1000 and not any(s.entities for s in split)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="empty.jsonl: no posts"):
+        load_unlabeled(tmp_path / "empty.jsonl")
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine\n\xff\xfe broken\n")
     with pytest.raises(DataError, match="bad.txt:2"):

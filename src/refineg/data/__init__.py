@@ -85,11 +85,13 @@ def load_unlabeled(path: str | Path) -> list[Sample]:
 
     path = Path(path)
     if path.is_file() and path.suffix not in (".jsonl", ".json") and not _looks_like_a_split(path):
-        posts = [(n, line.strip()) for n, line in text_lines(path) if line.strip()]
-        if not posts:
-            raise DataError("no posts in the file", path)
-        return [Sample(f"unlabeled-{n}", tuple(tokenize(text)), raw_text=text) for n, text in posts]
-    return [s.with_(entities=()) for s in load_samples(path)]
+        posts = [Sample(f"unlabeled-{n}", tuple(tokenize(line.strip())), raw_text=line.strip())
+                 for n, line in text_lines(path) if line.strip()]
+    else:
+        posts = [s.with_(entities=()) for s in load_samples(path)]
+    if not posts:  # self-training on nothing would quietly train the plain model
+        raise DataError("no posts in the file", path)
+    return posts
 
 
 def _looks_like_a_split(path: Path) -> bool:
