@@ -18,8 +18,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from PIL import Image  # noqa: E402
-
 from refineg.config import GroundConfig, LLMConfig, RunConfig  # noqa: E402
 from refineg.data import load_samples, read_ids, save_samples  # noqa: E402
 from refineg.ground.groundability import Groundability  # noqa: E402
@@ -27,7 +25,7 @@ from refineg.data.jsonl import read_predictions  # noqa: E402
 from refineg.eval.metrics import score  # noqa: E402
 from refineg.pipeline import RunOptions, run_pipeline  # noqa: E402
 from refineg.testing.fake_openai import FakeOpenAIServer  # noqa: E402
-from refineg.testing.oracle import GoldOracle  # noqa: E402
+from refineg.testing.oracle import GoldOracle, placeholder_images  # noqa: E402
 
 DEV = Path(__file__).resolve().parents[2] / "shared/data/twitter-gmner/Twitter10000_v2.0/txt/dev.txt"
 SETTINGS = [("two calls, no groundability gate", False, False, 0.97), ("combined, no groundability gate", True, False, 0.97),
@@ -53,9 +51,7 @@ def main() -> None:
     data = work / "data.jsonl"
     save_samples(samples, data)
     images = work / "images"
-    images.mkdir()
-    for s in samples:
-        Image.new("RGB", s.image_size or (640, 480), (90, 110, 130)).save(images / s.image, quality=60)
+    placeholder_images(samples, images)
     oracle = GoldOracle(samples)
     print(f"{len(samples)} dev tweets ({args.start + 1}-{args.start + len(samples)}), model {args.model}")
     print(f"{'setting':<36}{'calls/tweet':>12}{'combined':>10}{'refine':>8}{'ground':>8}{'skipped':>9}{'GMNER F1':>10}{'MNER F1':>9}")

@@ -20,11 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from PIL import Image  # noqa: E402
-
 from refineg.data import load_samples, save_samples  # noqa: E402
 from refineg.testing.fake_openai import FakeOpenAIServer  # noqa: E402
-from refineg.testing.oracle import GoldOracle  # noqa: E402
+from refineg.testing.oracle import GoldOracle, placeholder_images  # noqa: E402
 
 DEV = Path(__file__).resolve().parents[2] / "shared/data/twitter-gmner/Twitter10000_v2.0/txt/dev.txt"
 REFINEG = str(Path(sys.executable).parent / "refineg")
@@ -42,9 +40,7 @@ def main() -> None:
     samples = load_samples(DEV)[args.start:args.start + args.n]
     work = Path(tempfile.mkdtemp(prefix="refineg-ray-bench-"))
     save_samples(samples, work / "data.jsonl")
-    (work / "images").mkdir()
-    for s in samples:
-        Image.new("RGB", s.image_size or (640, 480), (90, 110, 130)).save(work / "images" / s.image, quality=60)
+    placeholder_images(samples, work / "images")
     (work / "ray.toml").write_text(f"[ray]\nllm_actors = {args.llm_actors}\nbatch_size = 16\n")
     print(f"{len(samples)} dev tweets, {args.delay:.2f} s per MLLM request, 2 cores, model {args.model}")
     print(f"{'engine':<8}{'in flight cap':>14}{'wall s':>9}{'posts/s':>9}{'calls':>7}{'max in flight':>15}{'same rows':>11}")

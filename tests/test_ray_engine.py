@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from refineg.config import LLMConfig, RunConfig
 from refineg.data import save_samples
@@ -18,7 +17,7 @@ from refineg.errors import DataError
 from refineg.pipeline import RunOptions, run_pipeline
 from refineg.ray_engine import fold_shards, shard_folder
 from refineg.testing.fake_openai import FakeOpenAIServer
-from refineg.testing.oracle import GoldOracle
+from refineg.testing.oracle import GoldOracle, placeholder_images
 
 REFINEG = str(Path(sys.executable).parent / "refineg")
 
@@ -30,9 +29,7 @@ def work(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("ray")
     save_samples(dev, root / "dev.jsonl")
     save_samples(dev[:20], root / "pool.jsonl")
-    (root / "images").mkdir()
-    for s in dev:
-        Image.new("RGB", s.image_size or (640, 480), (90, 110, 130)).save(root / "images" / s.image)
+    placeholder_images(dev, root / "images")
     (root / "ray.toml").write_text("[ray]\nbatch_size = 4\nllm_actors = 2\n")
     with FakeOpenAIServer(default=GoldOracle(dev)) as srv:
         cfg = RunConfig(llm=LLMConfig(base_url=srv.base_url, model="gold-oracle", cache_dir=root / "cache-local"))
@@ -112,8 +109,8 @@ def test_fold_shards_keeps_input_order_drops_a_half_line_and_prefers_the_newer_r
     assert out.read_text() == '{"id": "a"}\n{"id": "b"}\n{"id": "c"}\n{"id": "z"}\n'
     assert not shards.exists()
     shards.mkdir()
-    (shards / "shard-00000.jsonl").write_text('{"id": "c"}\nnot json\n')
-    with pytest.raises(DataError, match="shard-00000.jsonl:2"):
+    (shards / "shard-00000.jsonl").write_text('{"id": "c"}\n\nnot json\n')  # a blank line still counts
+    with pytest.raises(DataError, match="shard-00000.jsonl:3"):
         fold_shards(out, ["a", "b", "c"])
 
 

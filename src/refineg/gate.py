@@ -42,9 +42,7 @@ class GateCalibration:
 
     def rescore(self, tagged: Sequence) -> list[Prediction]:
         """The tagged predictions with each entity's score from the score model (unchanged without one)."""
-        if self.score_model is None:
-            return [t.prediction for t in tagged]
-        return ScoreModel.from_dict(self.score_model).rescore(tagged)
+        return rescored(tagged, ScoreModel.from_dict(self.score_model) if self.score_model else None)
 
     def save(self, model_dir: str | Path) -> None:
         """Write gate.json into the model folder."""
@@ -129,24 +127,24 @@ def calibrate(preds: Sequence[Prediction], gold: Sequence[Sample], cfg: GateConf
     sc, ok = entity_correctness(preds, gold)
     scores, correct = np.asarray(sc), np.asarray(ok, dtype=bool)
     if cfg.mode == "budget":
-        k = int(round(cfg.budget * len(scores)))
-        ranked = np.sort(scores)
-        threshold = float("inf") if k >= len(scores) else _between(float(ranked[k - 1]) if k else 0.0, float(ranked[k]))
+        threshold = _above_lowest(scores, int(round(cfg.budget * len(scores))))
     else:
         threshold = _f1_threshold(scores, correct, sum(len(g.entities) for g in gold))
     missing = np.asarray([p.missing_score or 0.0 for p in preds])
-    missing_threshold = _missing_threshold(missing, cfg.missing_rate)
+    # the top missing_rate of dev samples are flagged (none at all with a rate of 0)
+    missing_threshold = _above_lowest(missing, int(round((1 - cfg.missing_rate) * len(missing)))) \
+        if cfg.missing_rate else float("inf")
     figures = gate_figures(preds, gold, threshold, missing_threshold)
     return GateCalibration(mode=cfg.mode, budget=cfg.budget, threshold=threshold, missing_threshold=missing_threshold,
                            **figures)
 
 
-def _missing_threshold(missing: np.ndarray, rate: float) -> float:
-    """The missing-score threshold that flags the top ``rate`` of dev samples, halfway between two of them."""
-    k = int(round((1 - rate) * len(missing)))
-    if not len(missing) or not rate or k >= len(missing):
+def _above_lowest(scores: np.ndarray, k: int) -> float:
+    """The threshold with exactly the k lowest scores below it, halfway between two of them (inf when k
+    takes them all)."""
+    if k >= len(scores):
         return float("inf")
-    ranked = np.sort(missing)
+    ranked = np.sort(scores)
     return _between(float(ranked[k - 1]) if k else 0.0, float(ranked[k]))
 
 
@@ -277,3 +275,13 @@ class ScoreModel:
         probs = iter(predict_logistic(x, np.asarray(self.weights), self.bias) if len(x) else [])
         return [t.prediction.with_(entities=tuple(e.with_(score=float(next(probs))) for e in t.prediction.entities))
                 for t in tagged]
+
+
+def fit_score_model(tagged: Sequence, gold: Sequence[Sample], cfg: GateConfig) -> ScoreModel | None:
+    """The combined entity score fitted on dev, or None (the span marginal is configured, or dev has too few errors)."""
+    return ScoreModel.fit(tagged, gold) if cfg.score == "combined" else None
+
+
+def rescored(tagged: Sequence, model: ScoreModel | None) -> list[Prediction]:
+    """The tagged predictions with each entity scored by the score model (the span marginal without one)."""
+    return model.rescore(tagged) if model else [t.prediction for t in tagged]

@@ -18,7 +18,7 @@ from .data.images import find_image
 from .data.jsonl import write_jsonl
 from .errors import DataError
 from .eval.metrics import score
-from .gate import GateCalibration, ScoreModel, apply_gate, calibrate, gate_figures
+from .gate import GateCalibration, apply_gate, calibrate, fit_score_model, gate_figures, rescored
 from .tagger.tagger import Tagger
 from .tagger.train import train_tagger
 from .types import Prediction, Sample
@@ -54,8 +54,8 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
     t0 = time.perf_counter()
     tagged = tagger.predict_detailed(dev)
     tag_seconds = time.perf_counter() - t0
-    score_model = ScoreModel.fit(tagged, dev) if cfg.gate.score == "combined" else None  # None: too few errors
-    dev_preds = score_model.rescore(tagged) if score_model else [t.prediction for t in tagged]
+    score_model = fit_score_model(tagged, dev, cfg.gate)
+    dev_preds = rescored(tagged, score_model)
     gate = replace(calibrate(dev_preds, dev, cfg.gate), score_model=score_model.as_dict() if score_model else None)
     groundability = _fit_groundability(train, dev, cfg)
     meta = {
@@ -179,9 +179,20 @@ RETRY = "retry"  # the status of a row whose LLM work did not happen; a rerun re
 MISSING_IMAGES_LIMIT = 0.05
 
 
-def _row_status(line: str) -> tuple[str, str | None]:
-    obj = json.loads(line)
-    return str(obj["id"]), obj.get("status")
+def output_rows(path: Path) -> list[tuple[str, str | None, str]]:
+    """(id, status, line) of every whole line of an output file: a half-written last line (a killed run) is
+    left out, and a broken line is a DataError naming the file and line."""
+    raw = path.read_bytes()
+    rows = []
+    for lineno, line in enumerate(raw[: raw.rfind(b"\n") + 1].decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            rows.append((str(obj["id"]), obj.get("status"), line))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError("cannot resume: the existing output has a broken line", path, lineno) from None
+    return rows
 
 
 def done_ids(out: Path, llm_configured: bool = True) -> set[str]:
@@ -189,29 +200,15 @@ def done_ids(out: Path, llm_configured: bool = True) -> set[str]:
     a retry are removed when an LLM is configured, so that this run re-does exactly those."""
     if not out.is_file():
         return set()
-    raw = out.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        raw = raw[: raw.rfind(b"\n") + 1]
-        out.write_bytes(raw)
-    keep, ids, dropped = [], set(), 0
-    for lineno, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            sid, status = _row_status(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError("cannot resume: the existing output has a broken line", out, lineno) from None
-        if status == RETRY and llm_configured:
-            dropped += 1
-            continue
-        keep.append(line)
-        ids.add(sid)
-    if dropped:
+    rows = output_rows(out)
+    keep = [(sid, line) for sid, status, line in rows if not (status == RETRY and llm_configured)]
+    if len(keep) < len(rows) or not out.read_bytes().endswith(b"\n"):
         tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        tmp.write_text("".join(line + "\n" for _, line in keep), encoding="utf-8")
         os.replace(tmp, out)
-        log.info("%s: %d row(s) marked for a retry will be done again", out, dropped)
-    return ids
+        if len(keep) < len(rows):
+            log.info("%s: %d row(s) marked for a retry will be done again", out, len(rows) - len(keep))
+    return {sid for sid, _ in keep}
 
 
 def _folders(images, data: str | Path | None) -> list[Path]:

@@ -39,9 +39,9 @@ from .config import RunConfig, default_cache_dir
 from .data import load_samples
 from .data.jsonl import json_line
 from .data.textio import atomic_open
-from .errors import ConfigError, DataError, RefinegError
+from .errors import ConfigError, RefinegError
 from .pipeline import (RunOptions, DemoIndex, Pipeline, _folders, _Images, _LLMStages, done_ids, finish_run,
-                       load_groundability, model_types)
+                       load_groundability, model_types, output_rows)
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,6 @@ def shard_folder(out: Path) -> Path:
     return out.with_name(out.name + SHARDS)
 
 
-def _complete_lines(path: Path) -> list[str]:
-    """The whole lines of a file (the half line a kill left at its end is dropped)."""
-    raw = path.read_bytes()
-    return [line for line in raw[: raw.rfind(b"\n") + 1].decode("utf-8").splitlines() if line.strip()]
-
-
 def fold_shards(out: Path, order: list[str]) -> int:
     """Merge the shard files into out, atomically, in the input's order (ids not in it stay last); the number
     of shard rows folded. A row in a shard is newer than out's row for the same id."""
@@ -67,11 +61,7 @@ def fold_shards(out: Path, order: list[str]) -> int:
     rows: dict[str, str] = {}
     folded = 0
     for path in ([out] if out.is_file() else []) + files:
-        for lineno, line in enumerate(_complete_lines(path), 1):
-            try:
-                sid = str(json.loads(line)["id"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataError("cannot resume: a broken line", path, lineno) from None
+        for sid, _, line in output_rows(path):
             rows[sid] = line
             folded += path != out
     if files:

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from .config import RunConfig, SelfTrainConfig
 from .eval.metrics import normalise
-from .gate import ScoreModel, calibrate
+from .gate import calibrate, fit_score_model, rescored
 from .tagger.tagger import Tagger
 from .tagger.train import train_tagger
 from .types import Prediction, Sample
@@ -29,10 +29,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SelfTrained:
-    """The tagger after self-training (the input one when no round helped), its score model and the rounds."""
+    """The tagger after self-training (the input one when no round helped) and the rounds."""
 
     tagger: Tagger
-    score_model: ScoreModel | None
     rounds: list[dict]
 
 
@@ -77,9 +76,10 @@ def pseudo_labelled(posts: Sequence[Sample], preds: Sequence[Prediction], cfg: S
 
 
 def _score_model(tagger: Tagger, dev: Sequence[Sample], cfg: RunConfig):
+    """The tagger's score model fitted on dev, and dev's predictions scored by it."""
     tagged = tagger.predict_detailed(dev)
-    model = ScoreModel.fit(tagged, dev) if cfg.gate.score == "combined" else None
-    return model, model.rescore(tagged) if model else [t.prediction for t in tagged]
+    model = fit_score_model(tagged, dev, cfg.gate)
+    return model, rescored(tagged, model)
 
 
 def self_train(tagger: Tagger, dev_f1: float, train: Sequence[Sample], dev: Sequence[Sample],
@@ -93,7 +93,7 @@ def self_train(tagger: Tagger, dev_f1: float, train: Sequence[Sample], dev: Sequ
         t0 = time.perf_counter()
         missing = calibrate(dev_preds, dev, cfg.gate).missing_threshold
         tagged = tagger.predict_detailed(posts, progress=progress)
-        preds = score_model.rescore(tagged) if score_model else [t.prediction for t in tagged]
+        preds = rescored(tagged, score_model)
         pseudo, counts = pseudo_labelled(posts, preds, st, missing, cfg.tagger.seed + r)
         if not counts["trusted_with_entities"]:  # nothing to learn from: no student is trained
             rounds.append({"round": r, "unlabeled_posts": len(posts), "pseudo": dict(counts), "kept": False,
@@ -113,4 +113,4 @@ def self_train(tagger: Tagger, dev_f1: float, train: Sequence[Sample], dev: Sequ
             break
         tagger, dev_f1 = student, report.soup_dev_f1
         score_model, dev_preds = _score_model(tagger, dev, cfg)
-    return SelfTrained(tagger, score_model, rounds)
+    return SelfTrained(tagger, rounds)

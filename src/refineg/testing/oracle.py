@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 from typing import Sequence
 
 from PIL import Image
@@ -32,6 +33,14 @@ def _last_image_size(body: dict) -> tuple[int, int] | None:
     if not urls:
         return None
     return Image.open(io.BytesIO(base64.b64decode(urls[-1].split(",", 1)[1]))).size
+
+
+def placeholder_images(samples: Sequence[Sample], folder: Path, size: tuple[int, int] = (640, 480)) -> None:
+    """A plain image of each sample's size (the tweet images are not available offline), for the oracle to
+    answer in."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in samples:
+        Image.new("RGB", s.image_size or size, (90, 110, 130)).save(folder / s.image, quality=60)
 
 
 class GoldOracle:
