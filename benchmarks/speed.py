@@ -1,5 +1,6 @@
-"""`refineg predict` against spaCy `en_core_web_sm` on the same texts, whole processes timed in one run,
-and the sentences/s of each part of the tagger (spaCy prior, encoder, CRF, gate) in one process.
+"""`refineg predict` against spaCy `en_core_web_sm` on the same texts, whole processes timed in one run;
+the sentences/s of each part of the tagger (spaCy prior, network, CRF, gate) with each runtime (ONNX int8,
+ONNX float32, PyTorch float64), and the dev F1 and AUROC each runtime gives.
 
 The held-out test split is not here: the 1,500 dev tweets stand in (same size). Each whole process
 runs twice and the faster run counts (the first warms the disk cache).
@@ -39,42 +40,53 @@ def wall(cmd: list[str], runs: int = 2) -> float:
     return best
 
 
-def parts(model: str, samples) -> dict[str, float]:
-    """Sentences/s of each part of tagging, in this process, on length-sorted batches."""
-    import torch
-
+def parts(model: str, samples, runtime: str, int8: bool) -> dict[str, float]:
+    """Sentences/s of each part of tagging with one runtime, in this process, on length-sorted batches."""
     from refineg.gate import GateCalibration, apply_gate
-    from refineg.tagger.features import shape_ids
-    from refineg.tagger.tagger import Tagger, _Lattice
+    from refineg.tagger.lattice import Lattice, viterbi
+    from refineg.tagger.tagger import Tagger
 
-    tagger = Tagger.load(model)
+    tagger = Tagger.load(model, runtime, int8)
     gate = GateCalibration.load(model)
-    torch.set_num_threads(tagger.config.threads)
     words = [list(s.tokens) for s in sorted(samples, key=lambda s: tagger.aligner.n_subtokens(s.tokens)) if s.tokens]
     bs = tagger.config.eval_batch_size
     batches = [words[k:k + bs] for k in range(0, len(words), bs)]
     t0 = time.perf_counter()
     priors = [tagger.prior.ids(b) for b in batches] if tagger.prior is not None else [None] * len(batches)
     t_prior = time.perf_counter() - t0
-    model_ = tagger._inference_model()
     t0 = time.perf_counter()
-    with torch.no_grad():
-        encs = [tagger.aligner.encode(b, [shape_ids(w) for w in b], p) for b, p in zip(batches, priors)]
-        ems = [model_.emissions(e) for e in encs]
-    t_enc = time.perf_counter() - t0
+    encs = [tagger.encode(b, p) for b, p in zip(batches, priors)]
+    ems = [tagger.emissions(e) for e in encs]
+    t_net = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for e, em in zip(encs, ems):
-            model_.crf.decode(em, mask=e.word_mask)
-            _Lattice.of(model_.crf, em, e.word_mask)
+    for e, (em, crf) in zip(encs, ems):
+        viterbi(crf, em, e.word_mask)
+        Lattice.of(crf, em, e.word_mask)
     t_crf = time.perf_counter() - t0
     tagged = tagger.predict_detailed(samples)
     t0 = time.perf_counter()
     apply_gate(gate.rescore(tagged), gate, True)
     t_gate = time.perf_counter() - t0
     n = len(words)
-    return {"spaCy prior": n / t_prior, f"encoder ({'float64' if model_ is not tagger.model else 'float32'})": n / t_enc,
-            "CRF decode + marginals": n / t_crf, "gate": n / t_gate}
+    return {"spaCy prior": n / t_prior, "tokenizer + network": n / t_net, "CRF decode + marginals": n / t_crf,
+            "gate": n / t_gate}
+
+
+def quality(model: str, samples) -> dict[str, tuple[float, float]]:
+    """Dev MNER F1 and score AUROC of each runtime (the network is all that differs)."""
+    from refineg.eval.metrics import score
+    from refineg.gate import GateCalibration, auroc, entity_correctness
+    from refineg.tagger.tagger import Tagger
+
+    gate = GateCalibration.load(model)
+    out = {}
+    for name, runtime, int8 in RUNTIMES:
+        preds = gate.rescore(Tagger.load(model, runtime, int8).predict_detailed(samples))
+        out[name] = (score(samples, preds).overall["mner"].f1, auroc(*entity_correctness(preds, samples)))
+    return out
+
+
+RUNTIMES = [("ONNX int8 (default)", "onnx", True), ("ONNX float32", "onnx", False), ("PyTorch float64", "torch", False)]
 
 
 def main() -> None:
@@ -93,9 +105,13 @@ def main() -> None:
     print(f"  refineg predict          {ours:6.1f} s  {len(samples) / ours:6.0f} sent/s")
     print(f"  spaCy en_core_web_sm     {spacy_s:6.1f} s  {len(samples) / spacy_s:6.0f} sent/s")
     print(f"  ratio                    {ours / spacy_s:6.2f}x")
-    print("parts of tagging, in one process:")
-    for name, rate in parts(args.model, samples).items():
-        print(f"  {name:<26}{rate:8.0f} sent/s")
+    for name, runtime, int8 in RUNTIMES:
+        print(f"parts of tagging, {name}, in one process:")
+        for part, rate in parts(args.model, samples, runtime, int8).items():
+            print(f"  {part:<26}{rate:8.0f} sent/s")
+    print("quality on these tweets (MNER F1, score AUROC):")
+    for name, (f1, auc) in quality(args.model, samples).items():
+        print(f"  {name:<26}F1 {f1:.4f}  AUROC {auc:.4f}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ err = Console(stderr=True)
 def main() -> None:
     """Entry point: a RefinegError or an OS error becomes one line on stderr and exit code 2; anything
     else one line and exit code 1. ``--debug`` (anywhere on the line) shows the traceback instead."""
+    from .tagger.features import PriorNER
+
+    PriorNER.spacy_without_torch = True  # this process is ours: no need for thinc's PyTorch support
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")

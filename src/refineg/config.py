@@ -135,9 +135,15 @@ class TaggerConfig(BaseModel):
     weight_decay: float = Field(0.01, ge=0)
     seed: int = 13
     threads: int = Field(2, ge=1)
-    batch_invariant: bool = Field(True, description="tag in float64, so that a post's scores do not depend on the "
-                                  "other posts of its batch (predict, the Python API and the service agree to the "
-                                  "last digit); False is about 1.6x faster on CPU")
+    batch_invariant: bool = Field(True, description="PyTorch runtime: tag in float64, so that a post's scores do not "
+                                  "depend on the other posts of its batch (predict, the Python API and the service "
+                                  "agree to the last digit); False is about 1.6x faster. ONNX Runtime is always "
+                                  "batch-invariant (one post per call)")
+    runtime: Literal["auto", "onnx", "torch"] = Field(
+        "auto", description="what runs the network once trained: ONNX Runtime (the graph is exported at train time, "
+        "or on first load of an older model folder) or PyTorch; auto takes ONNX Runtime when it is installed")
+    int8: bool = Field(True, description="ONNX graph with int8 weights (dynamic quantization, per channel): about "
+                       "2.6x faster than float32 on CPU, dev F1 within 0.3 points")
 
 
 class GateConfig(BaseModel):

@@ -20,7 +20,6 @@ from .errors import DataError
 from .eval.metrics import score
 from .gate import GateCalibration, apply_gate, calibrate, fit_score_model, gate_figures, rescored
 from .tagger.tagger import Tagger
-from .tagger.train import train_tagger
 from .types import Prediction, Sample
 
 log = logging.getLogger(__name__)
@@ -41,6 +40,8 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
     both into out_dir (if given)."""
     if not dev:
         raise DataError("a dev set is needed to pick the epoch and calibrate the gate")
+    from .tagger.train import train_tagger
+
     t_start = time.perf_counter()
     tagger, report = train_tagger(train, dev, cfg.tagger, progress=progress)
     selftraining = None
@@ -654,7 +655,7 @@ class Pipeline:
         self.model_dir = Path(model_dir)
         self.cfg = cfg if cfg is not None else load_config()
         self.options = options
-        self.tagger = Tagger.load(model_dir)
+        self.tagger = Tagger.load(model_dir, self.cfg.tagger.runtime, self.cfg.tagger.int8)
         self.gate = GateCalibration.load(model_dir)
         self.groundability = load_groundability(model_dir, self.cfg)
         self.types = model_types(model_dir)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
-import openai
 from tqdm import tqdm
 
 from ..config import LLMConfig, api_key, default_cache_dir
@@ -162,6 +161,8 @@ class LLMClient:
         return self._loop
 
     async def _open(self) -> None:
+        import openai  # here, not at the top: tagging alone never needs it (0.6 s of a predict run)
+
         # Retries are ours (counted, with jitter); the library's own are switched off.
         self._clients = [openai.AsyncOpenAI(base_url=url, api_key=api_key() or "not-needed", timeout=self.config.timeout,
                                             max_retries=0) for url in self.endpoints]
@@ -265,6 +266,8 @@ class LLMClient:
 
     async def _post(self, stage: str, messages: list[dict], params: dict) -> tuple[str, dict, str | None]:
         """The reply text, token usage and finish reason, retrying 429, 5xx, timeouts and connection errors."""
+        import openai
+
         cfg = self.config
         last, where = None, None
         for attempt in range(1, cfg.max_retries + 2):

@@ -77,12 +77,11 @@ class PriorNER:
     """
 
     memo_size = 50_000
+    # Set by the CLI, which owns its process: spaCy is then imported without PyTorch (see _import_spacy).
+    spacy_without_torch = False
 
     def __init__(self, model: str):
-        try:
-            import spacy
-        except ImportError:
-            raise ConfigError("prior_ner needs spaCy (pip install spacy)") from None
+        spacy = _import_spacy(model, self.spacy_without_torch)
         try:
             self.nlp = spacy.load(model, exclude=["parser", "tagger", "lemmatizer", "attribute_ruler", "senter"])
         except OSError as exc:
@@ -126,3 +125,30 @@ class PriorNER:
                               for ws in batch_words), batch_size=256)
         return [[1 if not t.ent_type_ else 2 + 2 * self._index[t.ent_type_] + (t.ent_iob_ == "I") for t in doc]
                 + [1] * max(0, len(ws) - self.max_words) for doc, ws in zip(docs, batch_words)]
+
+
+def _import_spacy(model: str, without_torch: bool):
+    """spaCy; with without_torch, imported so that thinc does not import PyTorch (1-1.7 s of a predict run's start).
+
+    thinc imports PyTorch whenever it is installed, for PyTorch-backed pipelines only; a CNN model like
+    en_core_web_sm never uses it. Hiding PyTorch makes thinc run without it for the rest of the process,
+    so this is done only when spaCy and PyTorch are not loaded yet and the model needs no transformers.
+    """
+    import importlib.metadata
+    import sys
+
+    hide = without_torch and "torch" not in sys.modules and "spacy" not in sys.modules
+    try:
+        hide = hide and not any("transformers" in r for r in importlib.metadata.requires(model) or ())
+    except importlib.metadata.PackageNotFoundError:
+        hide = False  # a model folder, not a package: its needs are unknown
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` now raises ImportError
+    try:
+        import spacy
+    except ImportError:
+        raise ConfigError("prior_ner needs spaCy (pip install spacy)") from None
+    finally:
+        if hide and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return spacy

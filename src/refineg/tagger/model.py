@@ -43,27 +43,32 @@ class TaggerModel(nn.Module):
 
     def emissions(self, batch: EncodedBatch) -> torch.Tensor:
         """Per-word tag scores (B, W, K)."""
-        if self.shape_in is not None:
-            embeds = self.encoder.get_input_embeddings()(batch.input_ids) + self.shape_in(batch.sub_shape_ids)
-            out = self.encoder(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
-        else:
-            out = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-        idx = batch.first_index.unsqueeze(-1).expand(-1, -1, out.size(-1))
-        words = torch.gather(out, 1, idx)
-        if self.shape_emb is not None:
-            words = torch.cat([words, self.shape_emb(batch.shape_ids)], dim=-1)
-        if self.prior_emb is not None:
-            words = torch.cat([words, self.prior_emb(batch.prior_ids)], dim=-1)
-        x = self.dropout(words)
+        t = batch.tensors()
+        x = self.dropout(self.word_features(t.input_ids, t.attention_mask, t.sub_shape_ids, t.first_index,
+                                            t.shape_ids, t.prior_ids))
         if self.lstm is not None:
-            lengths = batch.word_mask.sum(1).clamp(min=1).cpu()
+            lengths = t.word_mask.sum(1).clamp(min=1)
             packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
             x, _ = self.lstm(packed)
-            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=batch.word_mask.size(1))
+            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=t.word_mask.size(1))
             x = self.dropout(x)
         return self.emit(x)
 
+    def word_features(self, input_ids, attention_mask, sub_shape_ids, first_index, shape_ids, prior_ids) -> torch.Tensor:
+        """Each word's vector before the BiLSTM: its first sub-token's encoding ++ shape ++ prior embeddings."""
+        if self.shape_in is not None:
+            embeds = self.encoder.get_input_embeddings()(input_ids) + self.shape_in(sub_shape_ids)
+            out = self.encoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        else:
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        words = torch.gather(out, 1, first_index.unsqueeze(-1).expand(-1, -1, out.size(-1)))
+        if self.shape_emb is not None:
+            words = torch.cat([words, self.shape_emb(shape_ids)], dim=-1)
+        if self.prior_emb is not None:
+            words = torch.cat([words, self.prior_emb(prior_ids)], dim=-1)
+        return words
+
     def loss(self, batch: EncodedBatch, tags: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood of the tags, each sentence weighted (pseudo-labels count less than gold)."""
-        llh = self.crf(self.emissions(batch), tags, mask=batch.word_mask, reduction="none")
+        llh = self.crf(self.emissions(batch), tags, mask=torch.from_numpy(batch.word_mask), reduction="none")
         return -(llh if weights is None else llh * weights.to(llh.dtype)).mean()

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 
 from ..config import TaggerConfig
 from ..data.bio import spans_from_tags
 from ..errors import ConfigError
 from ..types import Entity, Prediction, Sample
-from .align import Aligner
-from .crf import forward_backward, marginals, span_probability
-from .encoder import load_encoder
+from .align import Aligner, EncodedBatch, Pieces
 from .features import PriorNER, shape_ids
-from .model import TaggerModel
+from .lattice import CRFParams, Lattice, viterbi
+from .runtime import (CRF, OnnxEmissions, export_graph, graph_current, graph_file, onnxruntime_installed,
+                      write_graph_note)
+
+if TYPE_CHECKING:
+    from .model import TaggerModel
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "model.pt"
 LEXICON = "lexicon.json"
@@ -74,53 +82,77 @@ def prior_for(config: TaggerConfig) -> PriorNER | None:
 
 def build_model(encoder, labels: list[str], config: TaggerConfig, prior: PriorNER | None) -> TaggerModel:
     """The network for a config (the prior NER decides its feature vocabulary)."""
+    from .model import TaggerModel
+
     return TaggerModel(encoder, labels, config.shape_dim, config.lstm_hidden, config.dropout, config.shape_input,
                        prior.n_ids if prior else 0, config.prior_dim)
 
 
-@dataclass(frozen=True)
-class _Lattice:
-    """One batch's forward-backward results as NumPy arrays, for fast per-entity scoring."""
-
-    trans: np.ndarray
-    end_trans: np.ndarray
-    emissions: np.ndarray
-    alpha: np.ndarray
-    beta: np.ndarray
-    log_z: np.ndarray
-    marginals: np.ndarray
-
-    @classmethod
-    def of(cls, crf, em: torch.Tensor, mask: torch.Tensor) -> _Lattice:
-        alpha, beta, log_z = forward_backward(crf, em, mask)
-        return cls(crf.transitions.detach().numpy(), crf.end_transitions.detach().numpy(), em.detach().numpy(),
-                   alpha.numpy(), beta.numpy(), log_z.numpy(), marginals(alpha, beta, log_z).numpy())
-
-    def span(self, b: int, n: int, start: int, end: int, bi: int, ii: int) -> float:
-        """The CRF probability of one labelled span of sequence b."""
-        return span_probability(self.trans, self.end_trans, self.emissions[b], self.alpha[b], self.beta[b],
-                                float(self.log_z[b]), n, start, end, bi, ii)
+def weights_digest(model_dir: Path) -> str:
+    """The SHA-256 of a folder's PyTorch weights (the ONNX graph records which weights it was exported from)."""
+    with open(model_dir / WEIGHTS, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class Tagger:
-    """An encoder + CRF tagger with its tokenizer, labels and config."""
+    """An encoder + CRF tagger with its tokenizer, labels and config.
 
-    def __init__(self, model: TaggerModel, tokenizer, config: TaggerConfig, prior: PriorNER | None = None,
-                 lexicon: dict[str, list[str]] | None = None):
-        self.model = model
+    The network runs in PyTorch while it trains; once trained (``use_runtime``) or loaded, in the runtime
+    the config asks for. The PyTorch model of a loaded tagger is read from its folder on first use only.
+    """
+
+    def __init__(self, model: TaggerModel | None, tokenizer, config: TaggerConfig, prior: PriorNER | None = None,
+                 lexicon: dict[str, list[str]] | None = None, labels: list[str] | None = None,
+                 model_dir: Path | None = None):
+        self._model = model
+        self.model_dir = model_dir  # where a loaded tagger's PyTorch weights are
         self.lexicon = lexicon  # training entity texts -> types, a signal for the gate's score model
         self.prior = prior
-        self.tokenizer = tokenizer
+        self.tokenizer = Pieces.of(tokenizer)
         self.config = config
-        self.aligner = Aligner(tokenizer, config.max_subtokens)
-        self.labels = model.labels
+        self.aligner = Aligner(self.tokenizer, config.max_subtokens)
+        self.labels = list(model.labels if model is not None else labels)
         self.frozen = False  # True once trained or loaded: the weights no longer change
+        self.onnx: OnnxEmissions | None = None
+        self._graph: tempfile.TemporaryDirectory | None = None  # a graph exported outside the model folder
         self._double: TaggerModel | None = None
         self._o = self.labels.index("O")
 
-    def encode(self, batch_words: list[list[str]]):
-        """Model inputs for word lists."""
-        prior = self.prior.ids(batch_words) if self.prior is not None else None
+    @property
+    def model(self) -> TaggerModel:
+        """The PyTorch network (a loaded tagger reads its weights now, on first use)."""
+        if self._model is None:
+            self._model = _load_network(self.model_dir, self.config, self.labels, self.prior)
+        return self._model
+
+    @property
+    def runtime(self) -> str:
+        """What runs the network now: "onnx" or "torch"."""
+        return "onnx" if self.onnx is not None else "torch"
+
+    def _wants_onnx(self) -> bool:
+        if self.config.runtime == "onnx" and not onnxruntime_installed():
+            raise ConfigError("tagger runtime 'onnx' needs onnxruntime (pip install onnxruntime), or set runtime = 'auto'")
+        return self.config.runtime != "torch" and onnxruntime_installed()
+
+    def use_runtime(self) -> None:
+        """Freeze the weights and tag from now on with the runtime the config asks for (exporting the ONNX graph)."""
+        self.frozen = True
+        if not self._wants_onnx():
+            return
+        self._graph = tempfile.TemporaryDirectory(prefix="refineg-graph-")
+        folder = Path(self._graph.name)
+        self._export(folder)
+        self.onnx = OnnxEmissions(folder, self.config.int8, len(self.labels), self.config.threads)
+
+    def _export(self, folder: Path) -> None:
+        self.model.eval()
+        export_graph(self.model, self.encode([["An", "example"], ["RT"]]), folder, self.config.int8)
+
+    def encode(self, batch_words: list[list[str]], prior: list[list[int]] | None = None) -> EncodedBatch:
+        """Model inputs for word lists (the prior NER's ids are computed unless given)."""
+        if prior is None and self.prior is not None:
+            prior = self.prior.ids(batch_words)
         return self.aligner.encode(batch_words, [shape_ids(w) for w in batch_words], prior)
 
     # ---- prediction -----------------------------------------------------------------------
@@ -147,7 +179,6 @@ class Tagger:
                 return out
             start = max(start + 1, end - max(1, (end - start) // 4))
 
-    @torch.no_grad()
     def predict_detailed(self, samples: Sequence[Sample], mc_samples: int = 0, progress: bool = False) -> list[Tagged]:
         """Predictions with every alternative entity score; mc_samples > 0 adds MC-dropout scores.
         A post longer than the encoder takes is tagged in overlapping windows, to its end."""
@@ -160,21 +191,32 @@ class Tagger:
         return [next(tagged) if len(w) == 1 else _stitch(s, w, [next(tagged) for _ in w]) for s, w in zip(samples, spans)]
 
     def _predict_all(self, samples: Sequence[Sample], mc_samples: int, progress: bool) -> list[Tagged]:
+        from concurrent.futures import ThreadPoolExecutor
+
         from tqdm import tqdm
 
-        torch.set_num_threads(self.config.threads)
         # Sorting by sub-token count, not word count, keeps padding low: URLs and emoji split into many pieces.
         order = sorted(range(len(samples)), key=lambda i: self.aligner.n_subtokens(samples[i].tokens))
-        out: list[Tagged | None] = [None] * len(samples)
         bs = self.config.eval_batch_size
-        for k in tqdm(range(0, len(order), bs), desc="tagging", disable=not progress, leave=False):
-            idx = [i for i in order[k:k + bs]]
-            for i, tagged in zip(idx, self._predict_batch([samples[i] for i in idx], mc_samples)):
-                out[i] = tagged
+        batches = [[samples[i] for i in order[k:k + bs]] for k in range(0, len(order), bs)]
+        tagged: list[Tagged] = []
+        # The spaCy prior runs mostly on one core, holding the GIL; the network releases it. A helper thread
+        # computing the priors ahead keeps both cores busy (a third off the wall time on two cores).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refineg-prior") as pool:
+            priors = pool.map(self._prior_ids, batches)
+            for batch, prior in tqdm(zip(batches, priors), total=len(batches), desc="tagging", disable=not progress,
+                                     leave=False):
+                tagged += self._predict_batch(batch, mc_samples, prior)
+        out: list[Tagged | None] = [None] * len(samples)
+        for i, t in zip(order, tagged):
+            out[i] = t
         return out  # type: ignore[return-value]
 
+    def _prior_ids(self, batch: list[Sample]) -> list[list[int]] | None:
+        return self.prior.ids([list(s.tokens) for s in batch if s.tokens]) if self.prior is not None else None
+
     def _inference_model(self) -> TaggerModel:
-        """The model predictions run on: a float64 copy when batch invariance is asked for, else the model itself.
+        """The PyTorch model predictions run on: a float64 copy when batch invariance is asked for, else the model.
 
         In float32 a post's scores move by about 1e-6 with the other posts of its batch (padding changes
         the shapes the kernels see); in float64 that noise is about 1e-15, so `predict`, the Python API and
@@ -188,35 +230,48 @@ class Tagger:
             self._double = copy.deepcopy(self.model).double().eval()
         return self._double
 
-    def _predict_batch(self, batch: list[Sample], mc_samples: int) -> list[Tagged]:
+    def emissions(self, enc: EncodedBatch) -> tuple[np.ndarray, CRFParams]:
+        """Per-word tag scores (B, W, K) in float64, and the CRF scores to decode them with."""
+        if self.onnx is not None:
+            return self.onnx(enc), self.onnx.crf
+        import torch
+
+        torch.set_num_threads(self.config.threads)
+        model = self._inference_model()
+        model.eval()
+        with torch.no_grad():
+            return model.emissions(enc).double().numpy(), CRFParams.of(model.crf)
+
+    def _predict_batch(self, batch: list[Sample], mc_samples: int, prior: list[list[int]] | None) -> list[Tagged]:
         results = {s.id: Tagged(Prediction(s.id, (), tokens=s.tokens, image=s.image, missing_score=0.0), ())
                    for s in batch if not s.tokens}
         nonempty = [s for s in batch if s.tokens]
         if nonempty:
-            words = [list(s.tokens) for s in nonempty]
-            enc = self.encode(words)
-            model = self._inference_model()
-            model.eval()
-            em = model.emissions(enc)
-            paths = model.crf.decode(em, mask=enc.word_mask)
-            single = _Lattice.of(model.crf, em, enc.word_mask)
-            mc = [_Lattice.of(model.crf, e, enc.word_mask) for e in self._mc_emissions(model, enc, mc_samples)]
-            priors = enc.prior_ids.numpy() if self.prior is not None else None
+            enc = self.encode([list(s.tokens) for s in nonempty], prior)
+            em, crf = self.emissions(enc)
+            paths = viterbi(crf, em, enc.word_mask)
+            single = Lattice.of(crf, em, enc.word_mask)
+            mc = [Lattice.of(crf, e, enc.word_mask) for e in self._mc_emissions(enc, mc_samples)]
+            priors = enc.prior_ids if self.prior is not None else None
             for b, sample in enumerate(nonempty):
                 results[sample.id] = self._tagged(sample, b, paths[b], single, mc, None if priors is None else priors[b])
         return [results[s.id] for s in batch]
 
-    def _mc_emissions(self, model: TaggerModel, enc, n: int) -> list[torch.Tensor]:
-        """Emissions of n passes with dropout on (MC dropout)."""
+    def _mc_emissions(self, enc: EncodedBatch, n: int) -> list[np.ndarray]:
+        """Emissions of n PyTorch passes with dropout on (MC dropout)."""
         if not n:
             return []
+        import torch
+
+        model = self._inference_model()
         model.train()
         try:
-            return [model.emissions(enc) for _ in range(n)]
+            with torch.no_grad():
+                return [model.emissions(enc).double().numpy() for _ in range(n)]
         finally:
             model.eval()
 
-    def _tagged(self, sample: Sample, b: int, path: list[int], lat: _Lattice, mc: list[_Lattice],
+    def _tagged(self, sample: Sample, b: int, path: list[int], lat: Lattice, mc: list[Lattice],
                 prior: np.ndarray | None) -> Tagged:
         n = len(path)  # words past the sub-token limit are left untagged
         tags = [self.labels[t] for t in path] + ["O"] * (len(sample.tokens) - n)
@@ -247,11 +302,13 @@ class Tagger:
     # ---- persistence ----------------------------------------------------------------------
 
     def save(self, model_dir: str | Path, meta: dict | None = None) -> None:
-        """Write weights, tokenizer, encoder config, labels, tagger config and metadata."""
+        """Write weights, tokenizer, encoder config, labels, tagger config, metadata and the ONNX graph if used."""
+        import torch
+
         model_dir = Path(model_dir)
         model_dir.mkdir(parents=True, exist_ok=True)
         self.model.encoder.config.save_pretrained(model_dir / "encoder")
-        self.tokenizer.save_pretrained(model_dir / "encoder")
+        self.tokenizer.save(model_dir / "encoder")
         torch.save(self.model.state_dict(), model_dir / WEIGHTS)
         (model_dir / "labels.json").write_text(json.dumps(self.labels, indent=1))
         (model_dir / "tagger_config.json").write_text(self.config.model_dump_json(indent=1))
@@ -259,10 +316,19 @@ class Tagger:
             (model_dir / LEXICON).write_text(json.dumps(self.lexicon, ensure_ascii=False))
         if meta is not None:
             (model_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+        if self.onnx is not None:
+            for name in (graph_file(self.onnx.int8), CRF):
+                if (self.onnx.folder / name).resolve() != (model_dir / name).resolve():
+                    shutil.copyfile(self.onnx.folder / name, model_dir / name)
+            write_graph_note(model_dir, self.onnx.int8, weights_digest(model_dir))
+        elif self._wants_onnx():
+            self._export(model_dir)
+            write_graph_note(model_dir, self.config.int8, weights_digest(model_dir))
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> Tagger:
-        """A tagger saved by save(); ConfigError naming the file when the folder is damaged."""
+    def load(cls, model_dir: str | Path, runtime: str | None = None, int8: bool | None = None) -> Tagger:
+        """A tagger saved by save(), run by ``runtime`` with int8 weights or not (default: as saved); ConfigError
+        naming the file when the folder is damaged. A folder without a current ONNX graph gets one."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise ConfigError(f"{model_dir}: no such model folder; train one with `refineg train`")
@@ -272,24 +338,63 @@ class Tagger:
             config = TaggerConfig.model_validate_json((model_dir / "tagger_config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{model_dir / 'tagger_config.json'}: missing or damaged: {str(exc).splitlines()[0]}") from None
+        wanted = {k: v for k, v in (("runtime", runtime), ("int8", int8)) if v is not None}
+        config = config.model_copy(update=wanted)
         labels = read_labels(model_dir)
-        try:
-            encoder, tokenizer = load_encoder(None, config_only_from=model_dir / "encoder")
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{model_dir / 'encoder'}: missing or damaged: {str(exc).splitlines()[0]}") from None
-        prior = prior_for(config)
-        model = build_model(encoder, labels, config, prior)
-        try:
-            state = torch.load(model_dir / WEIGHTS, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        except Exception as exc:  # torch raises many types for a truncated or foreign checkpoint
-            raise ConfigError(f"{model_dir / WEIGHTS}: not a checkpoint of this model ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200]})") from None
-        model.eval()
         lexicon = _read_json(model_dir / LEXICON, dict) if (model_dir / LEXICON).is_file() else None
-        tagger = cls(model, tokenizer, config, prior, lexicon)
+        tagger = cls(None, Pieces.load(model_dir / "encoder"), config, prior_for(config), lexicon, labels, model_dir)
         tagger.frozen = True
+        if not tagger._wants_onnx():
+            _ = tagger.model  # read and check the weights now
+            return tagger
+        folder = model_dir
+        if not graph_current(model_dir, config.int8, weights_digest(model_dir)):
+            folder = tagger._export_for_load()
+        tagger.onnx = OnnxEmissions(folder, config.int8, len(labels), config.threads)
         return tagger
+
+    def _export_for_load(self) -> Path:
+        """Export the graph of a folder that has none (or a stale one) into it, or into a temporary folder for this
+        run when the model folder is read-only."""
+        digest = weights_digest(self.model_dir)
+        try:
+            staging = Path(tempfile.mkdtemp(dir=self.model_dir, prefix=".graph-"))
+        except OSError:
+            self._graph = tempfile.TemporaryDirectory(prefix="refineg-graph-")
+            self._export(Path(self._graph.name))
+            log.info("%s is read-only: the ONNX graph is exported for this run only", self.model_dir)
+            return Path(self._graph.name)
+        try:
+            self._export(staging)
+            for name in (graph_file(self.config.int8), CRF):
+                (staging / name).replace(self.model_dir / name)
+            write_graph_note(self.model_dir, self.config.int8, digest)  # last: a half-moved graph is never current
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("exported the tagger to ONNX in %s", self.model_dir)
+        return self.model_dir
+
+
+def _load_network(model_dir: Path | None, config: TaggerConfig, labels: list[str], prior: PriorNER | None) -> TaggerModel:
+    """The PyTorch network of a model folder; ConfigError naming the file when it is damaged."""
+    import torch
+
+    from .encoder import load_encoder
+
+    if model_dir is None:
+        raise ConfigError("this tagger has no PyTorch weights")
+    try:
+        encoder, _ = load_encoder(None, config_only_from=model_dir / "encoder")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{model_dir / 'encoder'}: missing or damaged: {str(exc).splitlines()[0]}") from None
+    model = build_model(encoder, labels, config, prior)
+    try:
+        state = torch.load(model_dir / WEIGHTS, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # torch raises many types for a truncated or foreign checkpoint
+        raise ConfigError(f"{model_dir / WEIGHTS}: not a checkpoint of this model ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200]})") from None
+    return model.eval()
 
 
 def _stitch(sample: Sample, spans: list[tuple[int, int]], parts: list[Tagged]) -> Tagged:

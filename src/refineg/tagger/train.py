@@ -150,7 +150,7 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
     report.best_epoch, report.best_dev_f1 = snapshots[0].epoch, snapshots[0].f1
     report.soup_epochs, report.soup_dev_f1 = _greedy_soup(tagger, snapshots, dev)
     model.eval()
-    tagger.frozen = True  # from here on, predictions may use the batch-invariant copy
+    tagger.use_runtime()  # from here on, predictions run as they will after loading (ONNX Runtime by default)
     report.seconds = round(time.perf_counter() - t0, 1)
     return tagger, report
 
@@ -218,11 +218,11 @@ def _run_epoch(tagger: Tagger, examples, batches: list[list[int]], opt, sched, p
         chunk = [examples[i] for i in batch]
         priors = [c[3] for c in chunk] if tagger.prior is not None else None
         enc = tagger.aligner.encode([c[0] for c in chunk], [c[1] for c in chunk], priors)
-        tags = torch.zeros_like(enc.word_mask, dtype=torch.long)
+        tags = np.zeros(enc.word_mask.shape, dtype=np.int64)
         for b, (_, _, tag_ids, _, _) in enumerate(chunk):
-            tags[b, : len(tag_ids)] = torch.tensor(tag_ids)
+            tags[b, : len(tag_ids)] = tag_ids
         tags = tags * enc.word_mask  # words past the sub-token limit carry no label
-        loss = model.loss(enc, tags, torch.tensor([c[4] for c in chunk]))
+        loss = model.loss(enc, torch.from_numpy(tags), torch.tensor([c[4] for c in chunk]))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
