@@ -676,7 +676,7 @@ class Pipeline:
         return self._stages
 
     def warm(self) -> None:
-        """Load what the first call would (the LLM client, the demo index, the float64 tagger copy) now."""
+        """Load what the first call would (the LLM client, the demo index, the tagger's runtime) now."""
         if self.cfg.llm.configured:
             _ = self.stages
         self.tag([Sample("warm-up", ("warm", "up"))])

@@ -19,8 +19,6 @@ from ..errors import ConfigError
 from .align import EncodedBatch
 from .lattice import CRFParams
 
-log = logging.getLogger(__name__)
-
 CRF = "crf.json"
 NOTE = "onnx.json"  # per graph file: the PyTorch weights it was exported from
 INPUTS = ("input_ids", "attention_mask", "sub_shape_ids", "first_index", "shape_ids", "prior_ids", "word_mask")

@@ -200,8 +200,8 @@ class Tagger:
         bs = self.config.eval_batch_size
         batches = [[samples[i] for i in order[k:k + bs]] for k in range(0, len(order), bs)]
         tagged: list[Tagged] = []
-        # The spaCy prior runs mostly on one core, holding the GIL; the network releases it. A helper thread
-        # computing the priors ahead keeps both cores busy (a third off the wall time on two cores).
+        # The spaCy prior runs on one core, holding the GIL; the network releases it. A helper thread computing
+        # the priors ahead lets the two overlap instead of taking turns.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refineg-prior") as pool:
             priors = pool.map(self._prior_ids, batches)
             for batch, prior in tqdm(zip(batches, priors), total=len(batches), desc="tagging", disable=not progress,
