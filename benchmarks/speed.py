@@ -86,7 +86,7 @@ def quality(model: str, samples) -> dict[str, tuple[float, float]]:
     return out
 
 
-RUNTIMES = [("ONNX int8 (default)", "onnx", True), ("ONNX float32", "onnx", False), ("PyTorch float64", "torch", False)]
+RUNTIMES = [("ONNX int8", "onnx", True), ("ONNX float32", "onnx", False), ("PyTorch float64", "torch", False)]
 
 
 def float32_against_pytorch(model: str, samples) -> tuple[float, bool]:

@@ -345,6 +345,7 @@ def train(
                   f"({r['pseudo']['entities_used']} entities) of {r['unlabeled_posts']}; dev MNER F1 "
                   f"{r['dev_f1_before']:.4f} -> {r['dev_f1_after']:.4f}, {'kept' if r['kept'] else 'dropped'} "
                   f"({r['seconds']:.0f} s)")
+    out.print(_runtime_line(result.meta["runtime"]))
     out.print(f"dev MNER  P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}  [{result.meta['setting']}; "
               f"{result.meta['seconds_total']:.0f} s in all]")
     out.print(f"gate ({g.mode}): AUROC {g.auroc:.4f}, delegates {g.delegation_rate:.1%} of entities, "
@@ -397,6 +398,19 @@ def predict(
         out.print(f"MNER  P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}")
         out.print(f"score AUROC {g['auroc']:.4f}; at the calibrated threshold {g['delegation_rate']:.1%} delegated, "
                   f"catching {g['errors_caught']:.1%} of wrong entities")
+
+
+def _runtime_line(rt: dict) -> str:
+    """What predictions run on, and why int8 was kept or not."""
+    if rt["runtime"] != "onnx":
+        return "tagger runs in PyTorch (ONNX Runtime not used)"
+    check, name = rt.get("check"), "int8" if rt["int8"] else "float32"
+    if not check or check["dev_f1_int8"] is None:
+        return f"tagger runs as an ONNX {name} graph"
+    loss = check["dev_f1_float32"] - check["dev_f1_int8"]
+    why = "within" if rt["int8"] else "over"
+    return (f"tagger runs as an ONNX {name} graph: int8 costs {loss:+.4f} dev MNER F1 against float32 "
+            f"({check['dev_f1_int8']:.4f} / {check['dev_f1_float32']:.4f}), {why} the {check['int8_max_loss']} allowed")
 
 
 # ---- stage 1a: synthesis -----------------------------------------------------------------------

@@ -27,14 +27,32 @@ def _marginals(tagger: Tagger, dev) -> np.ndarray:
     return Lattice.of(crf, em, enc.word_mask).marginals[enc.word_mask]
 
 
-def test_training_ships_an_int8_graph_and_loading_needs_no_pytorch_model(tiny_model):
+def test_training_keeps_int8_only_within_the_allowed_dev_loss_and_ships_that_graph(tiny_model):
     out, result, dev = tiny_model
+    check = result.meta["runtime"]["check"]
+    int8 = check["dev_f1_float32"] - check["dev_f1_int8"] <= check["int8_max_loss"]
+    assert check["int8"] is int8 and result.tagger.config.int8 is int8
+    assert json.loads((out / "tagger_config.json").read_text())["int8"] is int8
     note = json.loads((out / rt.NOTE).read_text())
-    assert note == {rt.graph_file(True): {"weights_sha256": tagger_module.weights_digest(out), "opset": rt.OPSET}}
+    assert note == {rt.graph_file(int8): rt._entry(int8, tagger_module.weights_digest(out))}
+    assert not (out / rt.graph_file(not int8)).exists()  # only the graph predict runs is shipped
     loaded = Tagger.load(out)
-    assert loaded.runtime == "onnx" and result.tagger.runtime == "onnx"
+    assert loaded.runtime == "onnx" and loaded.config.int8 is int8
     assert loaded.predict(dev) == result.tagger.predict(dev)  # the gate was calibrated on what predict runs
     assert loaded._model is None  # the PyTorch weights were never read
+
+
+def test_a_model_whose_int8_costs_too_much_ships_float32(tiny_model, twitter_dev):
+    from refineg.config import TaggerConfig
+    from refineg.tagger.train import train_tagger
+
+    _, result, dev = tiny_model
+    cfg = TaggerConfig(epochs=1, min_epoch_steps=1, lstm_hidden=32, batch_size=8, int8_max_loss=0.0)
+    tagger, _ = train_tagger(dev[:16], dev, cfg, progress=False, init=result.tagger)
+    check = tagger.precision_check
+    assert check["dev_f1_int8"] is not None and tagger.config.int8 is (check["dev_f1_int8"] >= check["dev_f1_float32"])
+    forced, _ = train_tagger(dev[:16], dev, cfg.model_copy(update={"int8": True}), progress=False, init=result.tagger)
+    assert forced.config.int8 is True and forced.precision_check is None and forced.onnx.int8
 
 
 def test_float32_graph_matches_pytorch_marginals_and_entities(model_copy):

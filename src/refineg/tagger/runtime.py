@@ -12,6 +12,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -23,6 +24,8 @@ CRF = "crf.json"
 NOTE = "onnx.json"  # per graph file: the PyTorch weights it was exported from
 INPUTS = ("input_ids", "attention_mask", "sub_shape_ids", "first_index", "shape_ids", "prior_ids", "word_mask")
 OPSET = 17
+# 7-bit weights: CPUs without VNNI saturate full-range int8 products; a graph may travel to such a machine
+QUANTIZATION = "int8 per channel, 7-bit range"
 
 
 def onnxruntime_installed() -> bool:
@@ -45,18 +48,21 @@ def _note(folder: Path) -> dict:
     return note if isinstance(note, dict) else {}
 
 
+def _entry(int8: bool, weights_sha256: str) -> dict:
+    """How a graph was made: from which weights, at which opset, quantized how (a change means export again)."""
+    return {"weights_sha256": weights_sha256, "opset": OPSET, "weights": QUANTIZATION if int8 else "float32"}
+
+
 def graph_current(folder: Path, int8: bool, weights_sha256: str) -> bool:
-    """True when the folder holds a graph of the asked precision, exported from these PyTorch weights."""
-    entry = _note(folder).get(graph_file(int8))
-    return ((folder / graph_file(int8)).is_file() and (folder / CRF).is_file() and isinstance(entry, dict)
-            and entry.get("weights_sha256") == weights_sha256)
+    """True when the folder holds a graph of the asked precision, made as this version makes it from these weights."""
+    return ((folder / graph_file(int8)).is_file() and (folder / CRF).is_file()
+            and _note(folder).get(graph_file(int8)) == _entry(int8, weights_sha256))
 
 
 def write_graph_note(folder: Path, int8: bool, weights_sha256: str) -> None:
-    """Record that the folder's graph of this precision comes from these weights (graphs of other weights are
-    forgotten)."""
+    """Record how the folder's graph of this precision was made (graphs of other weights are forgotten)."""
     note = {k: v for k, v in _note(folder).items() if isinstance(v, dict) and v.get("weights_sha256") == weights_sha256}
-    note[graph_file(int8)] = {"weights_sha256": weights_sha256, "opset": OPSET}
+    note[graph_file(int8)] = _entry(int8, weights_sha256)
     (folder / NOTE).write_text(json.dumps(note, indent=1))
 
 
@@ -96,8 +102,8 @@ def _graph_module(model):
     return Graph().float().eval()
 
 
-def export_graph(model, example: EncodedBatch, folder: Path, int8: bool) -> None:
-    """Write the model's ONNX graph (int8 weights if asked) and its CRF scores into folder."""
+def export_graph(model, example: EncodedBatch, folder: Path, precisions: Sequence[bool]) -> None:
+    """Write the model's ONNX graph in each asked precision (True: int8 weights) and its CRF scores into folder."""
     import torch
 
     graph = _graph_module(model)
@@ -109,12 +115,14 @@ def export_graph(model, example: EncodedBatch, folder: Path, int8: bool) -> None
         plain = Path(tmp) / "plain.onnx"
         torch.onnx.export(graph, args, str(plain), input_names=list(INPUTS), output_names=["emissions"],
                           dynamic_axes=axes, dynamo=False, opset_version=OPSET)
-        if int8:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
+        for int8 in precisions:
+            if int8:
+                from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(plain, folder / graph_file(int8), weight_type=QuantType.QInt8, per_channel=True)
-        else:
-            shutil.move(plain, folder / graph_file(int8))
+                quantize_dynamic(plain, folder / graph_file(True), weight_type=QuantType.QInt8, per_channel=True,
+                                 reduce_range=True)
+            else:
+                shutil.copyfile(plain, folder / graph_file(False))
     CRFParams.of(model.crf).save(folder / CRF)
 
 

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -116,6 +116,7 @@ class Tagger:
         self.onnx: OnnxEmissions | None = None
         self._graph: tempfile.TemporaryDirectory | None = None  # a graph exported outside the model folder
         self._double: TaggerModel | None = None
+        self.precision_check: dict | None = None  # int8 against float32 on dev, when training decided it
         self._o = self.labels.index("O")
 
     @property
@@ -135,19 +136,34 @@ class Tagger:
             raise ConfigError("tagger runtime 'onnx' needs onnxruntime (pip install onnxruntime), or set runtime = 'auto'")
         return self.config.runtime != "torch" and onnxruntime_installed()
 
-    def use_runtime(self) -> None:
-        """Freeze the weights and tag from now on with the runtime the config asks for (exporting the ONNX graph)."""
+    def use_runtime(self, dev_f1: Callable[[], float] | None = None) -> None:
+        """Freeze the weights and tag from now on with the runtime the config asks for, exporting the ONNX graph.
+
+        With ``int8`` undecided, ``dev_f1`` (the tagger's dev MNER F1) is measured with both graphs and int8 is
+        kept only when it costs at most ``int8_max_loss``; the check is left in ``precision_check``.
+        """
         self.frozen = True
         if not self._wants_onnx():
             return
         self._graph = tempfile.TemporaryDirectory(prefix="refineg-graph-")
         folder = Path(self._graph.name)
-        self._export(folder)
-        self.onnx = OnnxEmissions(folder, self.config.int8, len(self.labels), self.config.threads)
+        int8 = self.config.int8
+        self._export(folder, (False, True) if int8 is None else (int8,))
+        if int8 is None:
+            f1 = {}
+            for precision in (False, True) if dev_f1 else ():
+                self.onnx = OnnxEmissions(folder, precision, len(self.labels), self.config.threads)
+                f1[precision] = dev_f1()
+            int8 = bool(f1) and f1[False] - f1[True] <= self.config.int8_max_loss
+            self.precision_check = {"int8": int8, "dev_f1_float32": f1.get(False), "dev_f1_int8": f1.get(True),
+                                    "int8_max_loss": self.config.int8_max_loss}
+            self.config = self.config.model_copy(update={"int8": int8})
+        self.onnx = OnnxEmissions(folder, int8, len(self.labels), self.config.threads)
 
-    def _export(self, folder: Path) -> None:
+    def _export(self, folder: Path, precisions: tuple[bool, ...] | None = None) -> None:
         self.model.eval()
-        export_graph(self.model, self.encode([["An", "example"], ["RT"]]), folder, self.config.int8)
+        export_graph(self.model, self.encode([["An", "example"], ["RT"]]), folder,
+                     precisions or (bool(self.config.int8),))
 
     def encode(self, batch_words: list[list[str]], prior: list[list[int]] | None = None) -> EncodedBatch:
         """Model inputs for word lists (the prior NER's ids are computed unless given)."""
@@ -323,7 +339,7 @@ class Tagger:
             write_graph_note(model_dir, self.onnx.int8, weights_digest(model_dir))
         elif self._wants_onnx():
             self._export(model_dir)
-            write_graph_note(model_dir, self.config.int8, weights_digest(model_dir))
+            write_graph_note(model_dir, bool(self.config.int8), weights_digest(model_dir))
 
     @classmethod
     def load(cls, model_dir: str | Path, runtime: str | None = None, int8: bool | None = None) -> Tagger:
@@ -340,6 +356,8 @@ class Tagger:
             raise ConfigError(f"{model_dir / 'tagger_config.json'}: missing or damaged: {str(exc).splitlines()[0]}") from None
         wanted = {k: v for k, v in (("runtime", runtime), ("int8", int8)) if v is not None}
         config = config.model_copy(update=wanted)
+        if config.int8 is None:  # a folder from before the dev check: float32, as good as the PyTorch model
+            config = config.model_copy(update={"int8": False})
         labels = read_labels(model_dir)
         lexicon = _read_json(model_dir / LEXICON, dict) if (model_dir / LEXICON).is_file() else None
         tagger = cls(None, Pieces.load(model_dir / "encoder"), config, prior_for(config), lexicon, labels, model_dir)

@@ -150,7 +150,8 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
     report.best_epoch, report.best_dev_f1 = snapshots[0].epoch, snapshots[0].f1
     report.soup_epochs, report.soup_dev_f1 = _greedy_soup(tagger, snapshots, dev)
     model.eval()
-    tagger.use_runtime()  # from here on, predictions run as they will after loading (ONNX Runtime by default)
+    # from here on, predictions run as they will after loading (ONNX Runtime, int8 if dev allows, by default)
+    tagger.use_runtime((lambda: _dev_f1(tagger, dev)) if dev else None)
     report.seconds = round(time.perf_counter() - t0, 1)
     return tagger, report
 
