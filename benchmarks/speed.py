@@ -73,7 +73,7 @@ def parts(model: str, samples, runtime: str, int8: bool) -> dict[str, float]:
 
 
 def quality(model: str, samples) -> dict[str, tuple[float, float]]:
-    """Dev MNER F1 and score AUROC of each runtime (the network is all that differs)."""
+    """Per runtime: (the tagger, its scored predictions, dev MNER F1, score AUROC); the network is all that differs."""
     from refineg.eval.metrics import score
     from refineg.gate import GateCalibration, auroc, entity_correctness
     from refineg.tagger.tagger import Tagger
@@ -81,22 +81,21 @@ def quality(model: str, samples) -> dict[str, tuple[float, float]]:
     gate = GateCalibration.load(model)
     out = {}
     for name, runtime, int8 in RUNTIMES:
-        preds = gate.rescore(Tagger.load(model, runtime, int8).predict_detailed(samples))
-        out[name] = (score(samples, preds).overall["mner"].f1, auroc(*entity_correctness(preds, samples)))
+        tagger = Tagger.load(model, runtime, int8)
+        preds = gate.rescore(tagger.predict_detailed(samples))
+        out[name] = (tagger, preds, score(samples, preds).overall["mner"].f1, auroc(*entity_correctness(preds, samples)))
     return out
 
 
 RUNTIMES = [("ONNX int8", "onnx", True), ("ONNX float32", "onnx", False), ("PyTorch float64", "torch", False)]
 
 
-def float32_against_pytorch(model: str, samples) -> tuple[float, bool]:
+def float32_against_pytorch(graph, torch_, samples, graph_preds, torch_preds) -> tuple[float, bool]:
     """The largest marginal difference between the float32 graph and PyTorch, and whether the entities agree."""
     import numpy as np
 
     from refineg.tagger.lattice import Lattice
-    from refineg.tagger.tagger import Tagger
 
-    graph, torch_ = Tagger.load(model, "onnx", False), Tagger.load(model, "torch")
     words = [list(s.tokens) for s in samples if s.tokens]
     worst = 0.0
     for k in range(0, len(words), 64):
@@ -106,7 +105,7 @@ def float32_against_pytorch(model: str, samples) -> tuple[float, bool]:
             em, crf = tagger.emissions(enc)
             marginals.append(Lattice.of(crf, em, enc.word_mask).marginals[enc.word_mask])
         worst = max(worst, float(np.abs(marginals[0] - marginals[1]).max()))
-    spans = [[[(e.start, e.end, e.type) for e in p.entities] for p in t.predict(samples)] for t in (graph, torch_)]
+    spans = [[[(e.start, e.end, e.type) for e in p.entities] for p in preds] for preds in (graph_preds, torch_preds)]
     return worst, spans[0] == spans[1]
 
 
@@ -135,9 +134,11 @@ def main() -> None:
         for part, rate in parts(args.model, samples, runtime, int8).items():
             print(f"  {part:<26}{rate:8.0f} sent/s")
     print("quality on these tweets (MNER F1, score AUROC):")
-    for name, (f1, auc) in quality(args.model, samples).items():
+    runs = quality(args.model, samples)
+    for name, (_, _, f1, auc) in runs.items():
         print(f"  {name:<26}F1 {f1:.4f}  AUROC {auc:.4f}")
-    worst, same = float32_against_pytorch(args.model, samples)
+    (graph, graph_preds, *_), (torch_, torch_preds, *_) = runs["ONNX float32"], runs["PyTorch float64"]
+    worst, same = float32_against_pytorch(graph, torch_, samples, graph_preds, torch_preds)
     print(f"ONNX float32 against PyTorch: marginals differ by {worst:.1e} at most; "
           f"{'the same' if same else 'NOT the same'} entities")
 

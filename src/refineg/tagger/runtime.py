@@ -23,6 +23,7 @@ from .lattice import CRFParams
 CRF = "crf.json"
 NOTE = "onnx.json"  # per graph file: the PyTorch weights it was exported from
 INPUTS = ("input_ids", "attention_mask", "sub_shape_ids", "first_index", "shape_ids", "prior_ids", "word_mask")
+PIECE_INPUTS = ("input_ids", "attention_mask", "sub_shape_ids")  # one value per sub-token; the others per word
 OPSET = 17
 # 7-bit weights: CPUs without VNNI saturate full-range int8 products; a graph may travel to such a machine
 QUANTIZATION = "int8 per channel, 7-bit range"
@@ -109,8 +110,7 @@ def export_graph(model, example: EncodedBatch, folder: Path, precisions: Sequenc
     graph = _graph_module(model)
     tensors = example.tensors()
     args = tuple(getattr(tensors, k) for k in INPUTS)
-    axes = {k: {0: "batch", 1: "pieces" if k in ("input_ids", "attention_mask", "sub_shape_ids") else "words"}
-            for k in INPUTS}
+    axes = {k: {0: "batch", 1: "pieces" if k in PIECE_INPUTS else "words"} for k in INPUTS}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), _quiet():
         plain = Path(tmp) / "plain.onnx"
         torch.onnx.export(graph, args, str(plain), input_names=list(INPUTS), output_names=["emissions"],
@@ -178,5 +178,4 @@ class OnnxEmissions:
 def _row(enc: EncodedBatch, b: int) -> dict[str, np.ndarray]:
     """The arrays of post b of a batch alone, without the batch's padding."""
     pieces, words = int(enc.attention_mask[b].sum()), max(1, int(enc.word_mask[b].sum()))
-    return {k: v[b:b + 1, :pieces] if k in ("input_ids", "attention_mask", "sub_shape_ids") else v[b:b + 1, :words]
-            for k, v in enc.arrays().items()}
+    return {k: v[b:b + 1, :pieces if k in PIECE_INPUTS else words] for k, v in enc.arrays().items()}

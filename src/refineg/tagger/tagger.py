@@ -145,10 +145,8 @@ class Tagger:
         self.frozen = True
         if not self._wants_onnx():
             return
-        self._graph = tempfile.TemporaryDirectory(prefix="refineg-graph-")
-        folder = Path(self._graph.name)
         int8 = self.config.int8
-        self._export(folder, (False, True) if int8 is None else (int8,))
+        folder = self._temporary_graph((False, True) if int8 is None else (int8,))
         if int8 is None:
             f1 = {}
             for precision in (False, True) if dev_f1 else ():
@@ -159,6 +157,12 @@ class Tagger:
                                     "int8_max_loss": self.config.int8_max_loss}
             self.config = self.config.model_copy(update={"int8": int8})
         self.onnx = OnnxEmissions(folder, int8, len(self.labels), self.config.threads)
+
+    def _temporary_graph(self, precisions: tuple[bool, ...] | None = None) -> Path:
+        """A folder outside the model folder holding freshly exported graphs, kept as long as this tagger."""
+        self._graph = tempfile.TemporaryDirectory(prefix="refineg-graph-")
+        self._export(Path(self._graph.name), precisions)
+        return Path(self._graph.name)
 
     def _export(self, folder: Path, precisions: tuple[bool, ...] | None = None) -> None:
         self.model.eval()
@@ -336,10 +340,11 @@ class Tagger:
             for name in (graph_file(self.onnx.int8), CRF):
                 if (self.onnx.folder / name).resolve() != (model_dir / name).resolve():
                     shutil.copyfile(self.onnx.folder / name, model_dir / name)
-            write_graph_note(model_dir, self.onnx.int8, weights_digest(model_dir))
         elif self._wants_onnx():
             self._export(model_dir)
-            write_graph_note(model_dir, bool(self.config.int8), weights_digest(model_dir))
+        else:
+            return
+        write_graph_note(model_dir, bool(self.config.int8), weights_digest(model_dir))
 
     @classmethod
     def load(cls, model_dir: str | Path, runtime: str | None = None, int8: bool | None = None) -> Tagger:
@@ -365,23 +370,20 @@ class Tagger:
         if not tagger._wants_onnx():
             _ = tagger.model  # read and check the weights now
             return tagger
-        folder = model_dir
-        if not graph_current(model_dir, config.int8, weights_digest(model_dir)):
-            folder = tagger._export_for_load()
+        folder, digest = model_dir, weights_digest(model_dir)
+        if not graph_current(model_dir, config.int8, digest):
+            folder = tagger._export_for_load(digest)
         tagger.onnx = OnnxEmissions(folder, config.int8, len(labels), config.threads)
         return tagger
 
-    def _export_for_load(self) -> Path:
+    def _export_for_load(self, digest: str) -> Path:
         """Export the graph of a folder that has none (or a stale one) into it, or into a temporary folder for this
-        run when the model folder is read-only."""
-        digest = weights_digest(self.model_dir)
+        run when the model folder is read-only; ``digest`` is the folder's weights_digest."""
         try:
             staging = Path(tempfile.mkdtemp(dir=self.model_dir, prefix=".graph-"))
         except OSError:
-            self._graph = tempfile.TemporaryDirectory(prefix="refineg-graph-")
-            self._export(Path(self._graph.name))
             log.info("%s is read-only: the ONNX graph is exported for this run only", self.model_dir)
-            return Path(self._graph.name)
+            return self._temporary_graph()
         try:
             self._export(staging)
             for name in (graph_file(self.config.int8), CRF):
