@@ -21,7 +21,7 @@ import numpy as np
 from refineg.config import RunConfig, TaggerConfig
 from refineg.data import load_samples, read_ids
 from refineg.eval.metrics import matching, score
-from refineg.gate import auroc, cross_validated_scores, entity_features
+from refineg.gate import auroc, cross_validated_scores, entity_features, uses_corpus
 from refineg.pipeline import train_model
 from refineg.tagger.tagger import Tagger
 
@@ -78,7 +78,7 @@ def evaluate(tagger, dev, mc: int) -> dict:
             continue
         out["uncertainty"][k] = {"auroc": auroc(v, correct), "caught_at_25": caught_at(v, correct)}
     types = sorted({e.type for g in dev for e in g.entities})
-    combined = cross_validated_scores(entity_features(tagged, types), correct)
+    combined = cross_validated_scores(entity_features(tagged, types, uses_corpus(tagged)), correct)
     out["uncertainty"]["combined (5-fold CV)"] = {"auroc": auroc(combined, correct), "caught_at_25": caught_at(combined, correct)}
     return out
 

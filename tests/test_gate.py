@@ -144,3 +144,48 @@ def test_a_gate_file_from_an_older_score_model_names_the_file(tmp_path):
     (tmp_path / "gate.json").write_text(json.dumps({**fields, "score_model": old}))
     with pytest.raises(ConfigError, match=r"gate\.json: .*other features"):
         GateCalibration.load(tmp_path)
+
+
+def _tagged_with_corpus(n: int, corpus: bool = True):
+    """Entities whose corpus share alone says whether they are right (the tagger's own scores say nothing)."""
+    from refineg.tagger.tagger import EntityScores, Tagged
+
+    gold, tagged = [], []
+    for i in range(n):
+        right = i % 3 != 0
+        gold.append(Sample(f"s{i}", ("a", "b"), (Entity("a", "PER" if right else "ORG", 0, 1),)))
+        signal = (math.log1p(5), 1.0 if right else 0.2, 0.9 if right else 0.3) if corpus else None
+        pred = Prediction(f"s{i}", (Entity("a", "PER", 0, 1, score=0.5, source="tagger"),), tokens=("a", "b"))
+        tagged.append(Tagged(pred, (EntityScores(0.5, 0.5, 0.5, None, True, ("PER",), signal),)))
+    return gold, tagged
+
+
+def test_the_score_model_learns_from_corpus_counts_when_the_tagger_has_them():
+    from refineg.errors import ConfigError
+    from refineg.gate import CORPUS_FEATURES, ScoreModel, entity_correctness
+
+    gold, tagged = _tagged_with_corpus(60)
+    model = ScoreModel.fit(tagged, gold)
+    assert model.corpus and set(CORPUS_FEATURES) <= set(model.as_dict()["features"])
+    assert ScoreModel.from_dict(model.as_dict()) == model
+    assert auroc(*entity_correctness(model.rescore(tagged), gold)) == 1.0
+    _, plain = _tagged_with_corpus(60, corpus=False)
+    assert ScoreModel.fit(plain, gold).corpus is False  # a tagger without counts: the features it always had
+    with pytest.raises(ConfigError, match="sample s0: .*corpus counts"):
+        model.rescore(plain)
+
+
+def test_a_gate_whose_score_model_uses_corpus_counts_needs_the_counts_file(tmp_path):
+    from dataclasses import replace
+
+    from refineg.errors import ConfigError
+    from refineg.gate import ScoreModel
+
+    gold, tagged = _tagged_with_corpus(60)
+    gold_, preds = _data()
+    gate = replace(calibrate(preds, gold_, GateConfig()), score_model=ScoreModel.fit(tagged, gold).as_dict())
+    gate.save(tmp_path)
+    with pytest.raises(ConfigError, match=r"corpus\.json: missing"):
+        GateCalibration.load(tmp_path)
+    (tmp_path / "corpus.json").write_text('{"posts": 0, "tagged": {}, "mentions": {}}')
+    assert GateCalibration.load(tmp_path).score_model["corpus"] is True

@@ -98,3 +98,6 @@ def test_train_with_unlabeled_posts_self_trains_and_says_which_setting(tmp_path,
     first = meta["selftraining"]["rounds"][0]
     assert first["unlabeled_posts"] == 100 and first["pseudo"]["used"] > 0
     assert first["kept"] == (first["dev_f1_after"] > first["dev_f1_before"])
+    from refineg.tagger.tagger import Tagger
+
+    assert Tagger.load(tmp_path / "model").corpus.posts == 100  # the gate's corpus signal travels with the model

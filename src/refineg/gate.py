@@ -17,6 +17,7 @@ import numpy as np
 from .config import GateConfig
 from .errors import ConfigError
 from .eval.metrics import matching
+from .tagger.corpus import CORPUS
 from .tagger.features import is_shouting
 from .types import Prediction, Sample
 
@@ -60,9 +61,12 @@ class GateCalibration:
             raise ConfigError(f"{path}: damaged gate file: {str(exc).splitlines()[0][:200]}") from None
         if gate.score_model is not None:
             try:
-                ScoreModel.from_dict(gate.score_model)
+                model = ScoreModel.from_dict(gate.score_model)
             except ConfigError as exc:
                 raise ConfigError(f"{path}: {exc}") from None
+            if model.corpus and not Path(model_dir, CORPUS).is_file():
+                raise ConfigError(f"{Path(model_dir, CORPUS)}: missing; the gate's score model ({path}) "
+                                  "uses its counts")
         return gate
 
 
@@ -187,6 +191,8 @@ def apply_gate(preds: Sequence[Prediction], calib: GateCalibration | None, llm_c
 
 FEATURE_NAMES = ("logit_span_marginal", "logit_mean_max_prob", "logit_min_tag_marginal", "prior_agrees", "n_tokens",
                  "seen_same_type", "seen_other_type", "after_hash_or_at", "shouting_post")
+# how the tagger labelled the same text across the unlabeled posts (self-trained models only; CorpusCounts.features)
+CORPUS_FEATURES = ("log_corpus_tagged", "corpus_same_type_share", "corpus_tagged_share")
 
 
 def _logit(p: float) -> float:
@@ -194,8 +200,9 @@ def _logit(p: float) -> float:
     return float(np.log(p / (1 - p)))
 
 
-def entity_features(tagged: Sequence, types: Sequence[str]) -> np.ndarray:
-    """One feature row per predicted entity of tagged predictions (see FEATURE_NAMES, then a type one-hot)."""
+def entity_features(tagged: Sequence, types: Sequence[str], corpus: bool = False) -> np.ndarray:
+    """One feature row per predicted entity of tagged predictions (see FEATURE_NAMES, then CORPUS_FEATURES when
+    ``corpus``, then a type one-hot)."""
     rows = []
     for t in tagged:
         tokens = t.prediction.tokens or ()
@@ -206,8 +213,22 @@ def entity_features(tagged: Sequence, types: Sequence[str]) -> np.ndarray:
             rows.append([_logit(s.span_marginal), _logit(s.mean_max_prob), _logit(s.min_tag_marginal),
                          float(bool(s.prior_agrees)), float(min(e.end - e.start, 6)),
                          float(e.type in seen), float(bool(seen) and e.type not in seen), after_tag, shouting]
+                        + (list(_corpus_row(s, t.prediction.id)) if corpus else [])
                         + [float(e.type == ty) for ty in types])
-    return np.asarray(rows, dtype=float).reshape(len(rows), len(FEATURE_NAMES) + len(types))
+    width = len(FEATURE_NAMES) + len(CORPUS_FEATURES) * corpus + len(types)
+    return np.asarray(rows, dtype=float).reshape(len(rows), width)
+
+
+def _corpus_row(scores, sample_id: str) -> tuple[float, float, float]:
+    if scores.corpus is None:
+        raise ConfigError(f"sample {sample_id}: the gate's score model uses corpus counts ({CORPUS}) that the tagger "
+                          "does not have; train the model again with `refineg train --unlabeled`")
+    return scores.corpus
+
+
+def uses_corpus(tagged: Sequence) -> bool:
+    """True when the tagger that tagged these has corpus counts (it was self-trained on unlabeled posts)."""
+    return any(s.corpus is not None for t in tagged for s in t.scores)
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, float]:
@@ -244,6 +265,7 @@ class ScoreModel:
     types: tuple[str, ...]
     weights: tuple[float, ...]
     bias: float
+    corpus: bool = False  # whether CORPUS_FEATURES are among the features
 
     @classmethod
     def fit(cls, tagged: Sequence, gold: Sequence[Sample], min_per_class: int = 5) -> ScoreModel | None:
@@ -254,24 +276,31 @@ class ScoreModel:
         y = np.asarray(correct, dtype=float)
         if min(y.sum(), len(y) - y.sum()) < min_per_class:
             return None
-        w, b = fit_logistic(entity_features(tagged, types), y)
-        return cls(types, tuple(float(v) for v in w), b)
+        corpus = uses_corpus(tagged)
+        w, b = fit_logistic(entity_features(tagged, types, corpus), y)
+        return cls(types, tuple(float(v) for v in w), b, corpus)
 
     @classmethod
     def from_dict(cls, d: dict) -> ScoreModel:
         """The model saved by as_dict; one fitted on other features is refused."""
-        if list(d.get("features", []))[:len(FEATURE_NAMES)] != list(FEATURE_NAMES):
+        corpus = bool(d.get("corpus", False))
+        model = cls(tuple(d["types"]), tuple(d["weights"]), float(d["bias"]), corpus)
+        if list(d.get("features", [])) != model.feature_names() or len(model.weights) != len(model.feature_names()):
             raise ConfigError("the gate's score model was fitted on other features (an older refineg?); "
                               "train the model again with `refineg train`")
-        return cls(tuple(d["types"]), tuple(d["weights"]), float(d["bias"]))
+        return model
+
+    def feature_names(self) -> list[str]:
+        """The name of each weight, in order."""
+        return list(FEATURE_NAMES) + list(CORPUS_FEATURES) * self.corpus + [f"type={t}" for t in self.types]
 
     def as_dict(self) -> dict:
-        return {"features": list(FEATURE_NAMES) + [f"type={t}" for t in self.types], "types": list(self.types),
-                "weights": list(self.weights), "bias": self.bias}
+        return {"features": self.feature_names(), "types": list(self.types), "weights": list(self.weights),
+                "bias": self.bias, "corpus": self.corpus}
 
     def rescore(self, tagged: Sequence) -> list[Prediction]:
         """Predictions whose entity scores come from this model."""
-        x = entity_features(tagged, self.types)
+        x = entity_features(tagged, self.types, self.corpus)
         probs = iter(predict_logistic(x, np.asarray(self.weights), self.bias) if len(x) else [])
         return [t.prediction.with_(entities=tuple(e.with_(score=float(next(probs))) for e in t.prediction.entities))
                 for t in tagged]

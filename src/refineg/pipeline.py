@@ -51,7 +51,8 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
         done = self_train(tagger, report.soup_dev_f1, train, dev, unlabeled, cfg, progress)
         tagger = done.tagger
         selftraining = {"unlabeled_posts": len(unlabeled), "rounds": done.rounds,
-                        "rounds_kept": sum(r["kept"] for r in done.rounds)}
+                        "rounds_kept": sum(r["kept"] for r in done.rounds),
+                        "corpus_texts": len(tagger.corpus.tagged) if tagger.corpus else 0}
     t0 = time.perf_counter()
     tagged = tagger.predict_detailed(dev)
     tag_seconds = time.perf_counter() - t0

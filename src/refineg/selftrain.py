@@ -5,7 +5,9 @@ trust: a post is kept when every entity's calibrated score is at least ``entity_
 missing-entity score is below the gate's flag threshold (so no token is likely an entity it missed).
 A student starts from the tagger's weights and trains on gold plus those pseudo-labels, weighted
 below gold. It replaces the tagger only when dev MNER F1 rises; rounds repeat while it does. Dev
-picks epochs and rounds and calibrates the gate, and is never pseudo-labelled.
+picks epochs and rounds and calibrates the gate, and is never pseudo-labelled. The tagger also keeps how the
+unlabeled posts were tagged (CorpusCounts): how consistently a text is labelled across them is a signal for
+the gate's score model.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Sequence
 from .config import RunConfig, SelfTrainConfig
 from .eval.metrics import normalise
 from .gate import calibrate, fit_score_model, rescored
+from .tagger.corpus import CorpusCounts
 from .tagger.tagger import Tagger
 from .tagger.train import train_tagger
 from .types import Prediction, Sample
@@ -113,4 +116,6 @@ def self_train(tagger: Tagger, dev_f1: float, train: Sequence[Sample], dev: Sequ
             break
         tagger, dev_f1 = student, report.soup_dev_f1
         score_model, dev_preds = _score_model(tagger, dev, cfg)
+    if rounds and posts:  # how the last teacher labelled the unlabeled posts, for the gate (free: already tagged)
+        tagger.corpus = CorpusCounts.of([t.prediction for t in tagged])
     return SelfTrained(tagger, rounds)

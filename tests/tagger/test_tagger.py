@@ -131,14 +131,14 @@ def test_tagging_order_follows_the_input_not_the_length_sort(tiny_model):
 
 
 def test_training_lexicon_is_saved_and_feeds_entity_scores(tiny_model):
-    from refineg.tagger.tagger import lexicon_key
+    from refineg.tagger.corpus import text_key
 
     out, result, dev = tiny_model
     loaded = Tagger.load(out)
     assert loaded.lexicon == result.tagger.lexicon and loaded.lexicon
     tagged = loaded.predict_detailed(dev)
     pairs = [(e, s) for t in tagged for e, s in zip(t.prediction.entities, t.scores)]
-    assert pairs and all(s.train_types == tuple(loaded.lexicon.get(lexicon_key(e.text), ())) for e, s in pairs)
+    assert pairs and all(s.train_types == tuple(loaded.lexicon.get(text_key(e.text), ())) for e, s in pairs)
     assert any(e.type in s.train_types for e, s in pairs)  # the tiny model was trained on these tweets
 
 

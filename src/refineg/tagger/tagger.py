@@ -18,6 +18,7 @@ from ..data.bio import spans_from_tags
 from ..errors import ConfigError
 from ..types import Entity, Prediction, Sample
 from .align import Aligner, EncodedBatch, Pieces
+from .corpus import CORPUS, CorpusCounts, text_key
 from .features import PriorNER, shape_ids
 from .lattice import CRFParams, Lattice, viterbi
 from .runtime import (CRF, OnnxEmissions, export_graph, graph_current, graph_file, onnxruntime_installed,
@@ -32,17 +33,12 @@ WEIGHTS = "model.pt"
 LEXICON = "lexicon.json"
 
 
-def lexicon_key(text: str) -> str:
-    """How entity texts are compared with the training lexicon (case and spacing ignored)."""
-    return " ".join(text.lower().split())
-
-
 def lexicon_of(samples: Sequence[Sample]) -> dict[str, list[str]]:
     """Every entity text of the samples with the types it was labelled with (pseudo-labels are not evidence)."""
     seen: dict[str, set[str]] = {}
     for s in samples:
         for e in (e for e in s.entities if e.source != "pseudo"):
-            seen.setdefault(lexicon_key(e.text), set()).add(e.type)
+            seen.setdefault(text_key(e.text), set()).add(e.type)
     return {k: sorted(v) for k, v in sorted(seen.items())}
 
 
@@ -56,6 +52,7 @@ class EntityScores:
     mc_dropout: float | None = None
     prior_agrees: bool | None = None  # the cased prior NER tagged exactly this span (any type)
     train_types: tuple[str, ...] | None = None  # types this text had in the training data (None: no lexicon)
+    corpus: tuple[float, float, float] | None = None  # CorpusCounts.features (None: no unlabeled corpus)
 
 
 @dataclass(frozen=True)
@@ -107,6 +104,7 @@ class Tagger:
         self._model = model
         self.model_dir = model_dir  # where a loaded tagger's PyTorch weights are
         self.lexicon = lexicon  # training entity texts -> types, a signal for the gate's score model
+        self.corpus: CorpusCounts | None = None  # how it tagged unlabeled posts (self-training), another signal
         self.prior = prior
         self.tokenizer = Pieces.of(tokenizer)
         self.config = config
@@ -307,7 +305,8 @@ class Tagger:
             text = " ".join(sample.tokens[start:end])
             scores.append(EntityScores(p, float(m.max(-1).mean()), float(decoded.min()), mc_score,
                                        None if prior is None else prior_agrees(prior, start, end, n),
-                                       self._train_types(text)))
+                                       self._train_types(text),
+                                       None if self.corpus is None else self.corpus.features(text, etype)))
             entities.append(Entity(text, etype, start, end, score=p, source="tagger"))
             inside[start:end] = True
         outside = marg[~inside, self._o]
@@ -317,7 +316,7 @@ class Tagger:
         return Tagged(pred, tuple(scores))
 
     def _train_types(self, text: str) -> tuple[str, ...] | None:
-        return None if self.lexicon is None else tuple(self.lexicon.get(lexicon_key(text), ()))
+        return None if self.lexicon is None else tuple(self.lexicon.get(text_key(text), ()))
 
     # ---- persistence ----------------------------------------------------------------------
 
@@ -334,6 +333,8 @@ class Tagger:
         (model_dir / "tagger_config.json").write_text(self.config.model_dump_json(indent=1))
         if self.lexicon is not None:
             (model_dir / LEXICON).write_text(json.dumps(self.lexicon, ensure_ascii=False))
+        if self.corpus is not None:
+            self.corpus.save(model_dir / CORPUS)
         if meta is not None:
             (model_dir / "meta.json").write_text(json.dumps(meta, indent=1))
         if self.onnx is not None:
@@ -366,6 +367,7 @@ class Tagger:
         labels = read_labels(model_dir)
         lexicon = _read_json(model_dir / LEXICON, dict) if (model_dir / LEXICON).is_file() else None
         tagger = cls(None, Pieces.load(model_dir / "encoder"), config, prior_for(config), lexicon, labels, model_dir)
+        tagger.corpus = CorpusCounts.load(model_dir / CORPUS) if (model_dir / CORPUS).is_file() else None
         tagger.frozen = True
         if not tagger._wants_onnx():
             _ = tagger.model  # read and check the weights now
