@@ -33,6 +33,8 @@ def test_a_post_is_used_only_when_every_entity_is_trusted_and_none_seems_missing
              _pred(4, [], missing=0.9), _pred(5, [0.93])]
     cfg = SelfTrainConfig(entity_score=0.9, empty_share=0.5)
     kept, counts = pseudo_labelled(posts, preds, cfg, missing_threshold=0.5, seed=1)
+    assert all(not unknown for _, unknown in kept)
+    kept = [s for s, _ in kept]
     assert sorted(s.id for s in kept) == ["u0", "u3", "u5"]
     assert counts["uncertain_entity"] == 1 and counts["maybe_missing_an_entity"] == 2
     ents = [e for s in kept for e in s.entities]
@@ -44,9 +46,24 @@ def test_posts_without_entities_are_capped_and_the_round_is_capped():
     posts = [_post(i) for i in range(40)]
     preds = [_pred(i, [0.99] if i < 10 else []) for i in range(40)]
     kept, _ = pseudo_labelled(posts, preds, SelfTrainConfig(empty_share=0.3), 0.5, seed=1)
-    assert sum(1 for s in kept if s.entities) == 10 and sum(1 for s in kept if not s.entities) == 4
+    assert sum(1 for s, _ in kept if s.entities) == 10 and sum(1 for s, _ in kept if not s.entities) == 4
     kept, _ = pseudo_labelled(posts, preds, SelfTrainConfig(empty_share=0.3, max_sentences=5), 0.5, seed=1)
     assert len(kept) == 5
+
+
+def test_a_partly_trusted_post_keeps_its_trusted_entities_and_leaves_the_doubtful_words_unknown():
+    posts = [_post(i) for i in range(4)]
+    # u0: entity 1 doubtful; u1: word 3 may be a missed entity; u2: no trusted entity; u3: wholly trusted
+    preds = [_pred(0, [0.95, 0.5]), _pred(1, [0.97], missing=0.8), _pred(2, [0.4]), _pred(3, [0.99])]
+    probs = [[0.99, 0.6, 0.1, 0.0], [0.99, 0.0, 0.2, 0.8], [0.5, 0.0, 0.0, 0.0], [0.99, 0.0, 0.0, 0.0]]
+    cfg = SelfTrainConfig(entity_score=0.9, empty_share=0.0)
+    kept, counts = pseudo_labelled(posts, preds, cfg, 0.5, seed=1, entity_prob=probs)
+    by_id = {s.id: ([(e.start, e.end) for e in s.entities], sorted(u)) for s, u in kept}
+    assert by_id == {"u0": ([(0, 1)], [1]), "u1": ([(0, 1)], [3]), "u3": ([(0, 1)], [])}
+    assert counts["partly_trusted"] == 2 and counts["trusted_with_entities"] == 1 and counts["uncertain_entity"] == 1
+    assert counts["unknown_words"] == 2
+    off, _ = pseudo_labelled(posts, preds, cfg.model_copy(update={"partial": False}), 0.5, seed=1, entity_prob=probs)
+    assert [s.id for s, _ in off] == ["u3"]
 
 
 def test_dev_and_labelled_posts_are_never_pseudo_labelled_even_under_another_id():

@@ -57,25 +57,44 @@ def _key(sample: Sample) -> str:
 
 
 def pseudo_labelled(posts: Sequence[Sample], preds: Sequence[Prediction], cfg: SelfTrainConfig,
-                    missing_threshold: float, seed: int) -> tuple[list[Sample], Counter]:
-    """The posts whose predicted labels the score model trusts, as training samples, and why others were not."""
-    trusted, empty, counts = [], [], Counter()
-    for s, p in zip(posts, preds):
-        if (p.missing_score or 0.0) >= missing_threshold:
-            counts["maybe_missing_an_entity"] += 1
-        elif any((e.score if e.score is not None else 0.0) < cfg.entity_score for e in p.entities):
-            counts["uncertain_entity"] += 1
+                    missing_threshold: float, seed: int, entity_prob: Sequence[Sequence[float]] | None = None
+                    ) -> tuple[list[tuple[Sample, frozenset[int]]], Counter]:
+    """The posts whose predicted labels the score model trusts, as training samples each with the word positions
+    whose tag stays unknown (none for a wholly trusted post), and why others were not used.
+
+    With ``cfg.partial`` and the per-word entity probabilities, a post with some trusted entities is used too: the
+    words of its other entities, and the words that may be part of an entity it missed, are left unknown."""
+    whole, partly, empty, counts = [], [], [], Counter()
+    for k, (s, p) in enumerate(zip(posts, preds)):
+        trusted = [e for e in p.entities if (e.score if e.score is not None else 0.0) >= cfg.entity_score]
+        maybe_missing = (p.missing_score or 0.0) >= missing_threshold
+        if len(trusted) == len(p.entities) and not maybe_missing:
+            (whole if trusted else empty).append((_labelled(s, trusted), frozenset()))
+        elif cfg.partial and trusted and entity_prob is not None:
+            partly.append((_labelled(s, trusted), _unknown_words(p, trusted, entity_prob[k], missing_threshold)))
         else:
-            ents = tuple(e.with_(score=None, decision=None, source="pseudo", boxes=()) for e in p.entities)
-            (trusted if ents else empty).append(s.with_(entities=ents))
+            counts["maybe_missing_an_entity" if maybe_missing else "uncertain_entity"] += 1
     rng = random.Random(seed)
     rng.shuffle(empty)  # posts without entities teach precision; a share of them, not all
-    kept = trusted + empty[:int(cfg.empty_share / (1 - cfg.empty_share) * len(trusted))]
+    with_entities = whole + partly
+    kept = with_entities + empty[:int(cfg.empty_share / (1 - cfg.empty_share) * len(with_entities))]
     if len(kept) > cfg.max_sentences:
         kept = rng.sample(kept, cfg.max_sentences)
-    counts.update(trusted_with_entities=len(trusted), trusted_without=len(empty), used=len(kept),
-                  entities_used=sum(len(s.entities) for s in kept))
+    counts.update(trusted_with_entities=len(whole), partly_trusted=len(partly), trusted_without=len(empty),
+                  used=len(kept), entities_used=sum(len(s.entities) for s, _ in kept),
+                  unknown_words=sum(len(u) for _, u in kept))
     return kept, counts
+
+
+def _labelled(sample: Sample, entities: Sequence) -> Sample:
+    return sample.with_(entities=tuple(e.with_(score=None, decision=None, source="pseudo", boxes=()) for e in entities))
+
+
+def _unknown_words(pred: Prediction, trusted: Sequence, entity_prob: Sequence[float], threshold: float) -> frozenset[int]:
+    """Words of the untrusted entities, and words outside the trusted ones that may be part of an entity."""
+    known = {i for e in trusted for i in range(e.start, e.end)}
+    doubtful = {i for e in pred.entities if e not in trusted for i in range(e.start, e.end)}
+    return frozenset(doubtful | {i for i, q in enumerate(entity_prob) if q >= threshold and i not in known})
 
 
 def _score_model(tagger: Tagger, dev: Sequence[Sample], cfg: RunConfig):
@@ -97,15 +116,17 @@ def self_train(tagger: Tagger, dev_f1: float, train: Sequence[Sample], dev: Sequ
         missing = calibrate(dev_preds, dev, cfg.gate).missing_threshold
         tagged = tagger.predict_detailed(posts, progress=progress)
         preds = rescored(tagged, score_model)
-        pseudo, counts = pseudo_labelled(posts, preds, st, missing, cfg.tagger.seed + r)
-        if not counts["trusted_with_entities"]:  # nothing to learn from: no student is trained
+        pseudo, counts = pseudo_labelled(posts, preds, st, missing, cfg.tagger.seed + r,
+                                         [t.entity_prob for t in tagged])
+        if not pseudo or not counts["entities_used"]:  # nothing to learn from: no student is trained
             rounds.append({"round": r, "unlabeled_posts": len(posts), "pseudo": dict(counts), "kept": False,
                            "dev_f1_before": round(dev_f1, 4), "dev_f1_after": round(dev_f1, 4),
                            "seconds": round(time.perf_counter() - t0, 1)})
             break
         student_cfg = cfg.tagger.model_copy(update={"epochs": st.epochs, "seed": cfg.tagger.seed + r})
-        student, report = train_tagger(list(train) + pseudo, dev, student_cfg, progress,
-                                       weights=[1.0] * len(train) + [st.weight] * len(pseudo), init=tagger)
+        student, report = train_tagger(list(train) + [p for p, _ in pseudo], dev, student_cfg, progress,
+                                       weights=[1.0] * len(train) + [st.weight] * len(pseudo), init=tagger,
+                                       unknown=[frozenset()] * len(train) + [u for _, u in pseudo])
         better = report.soup_dev_f1 > dev_f1
         rounds.append({"round": r, "unlabeled_posts": len(posts), "pseudo": dict(counts),
                        "dev_f1_before": round(dev_f1, 4), "dev_f1_after": round(report.soup_dev_f1, 4),

@@ -57,6 +57,29 @@ def test_truncated_words_are_masked(encoder):
     assert int(enc.word_mask.sum()) == 30  # [CLS] and [SEP] take two of the 32
 
 
+def test_a_partly_labelled_sentence_is_trained_on_every_path_through_its_unknown_words(encoder):
+    from refineg.tagger.train import allowed_tags
+
+    model, tok = encoder
+    torch.manual_seed(0)
+    net = TaggerModel(model, LABELS, lstm_hidden=8, dropout=0.0).eval()
+    words = ["Ted", "Cruz", "visits", "Iowa", "today"]
+    enc = Aligner(tok).encode([words], [shape_ids(words)])
+    tags = [3, 4, 0, 1, 0]  # B-PER I-PER O B-LOC O
+    # an I- tag only continues an unknown word: the known PER entity cannot swallow word 2
+    assert allowed_tags(tags, frozenset({2, 3}), LABELS)[2].tolist() == [True, True, False, True, False]
+    assert allowed_tags(tags, frozenset({2, 3}), LABELS)[3].tolist() == [True] * 5
+    with torch.no_grad():
+        full = net.loss(enc, torch.tensor([tags]))
+        known = net.loss(enc, torch.tensor([tags]), allowed=torch.from_numpy(allowed_tags(tags, frozenset(), LABELS))[None])
+        none_known = net.loss(enc, torch.tensor([tags]), allowed=torch.ones(1, 5, len(LABELS), dtype=torch.bool))
+        partial = net.loss(enc, torch.tensor([tags]),
+                           allowed=torch.from_numpy(allowed_tags(tags, frozenset({2, 3}), LABELS))[None])
+    assert abs(float(full - known)) < 1e-4  # nothing unknown: the usual likelihood
+    assert abs(float(none_known)) < 1e-4  # every path allowed: probability 1
+    assert 0 < float(partial) < float(full)  # several paths allowed: likelier than the one labelled path
+
+
 def test_shapes():
     assert [word_shape(w) for w in ["ted", "Ted", "NASA", "iPhone", "2017", "B2B", "!", "#", "@", "http://t.", "RT", "😂"]] == [
         "lower", "capitalised", "allcaps", "mixed", "digits", "alnum_digits", "punct", "hash", "at", "url", "rt", "emoji_symbol"]
@@ -87,6 +110,11 @@ def test_scores_are_probabilities_and_decoding_is_well_formed_bio(tiny_model):
             # the exact span probability can never exceed the weakest decoded tag's marginal
             assert s.span_marginal <= s.min_tag_marginal + 1e-6
         assert 0.0 <= t.prediction.missing_score <= 1.0
+        # per word, how likely it belongs to an entity; the missing score is its highest outside the entities
+        assert len(t.entity_prob) == len(t.prediction.tokens) and all(0.0 <= q <= 1.0 for q in t.entity_prob)
+        inside = {i for e in t.prediction.entities for i in range(e.start, e.end)}
+        outside = [q for i, q in enumerate(t.entity_prob) if i not in inside]
+        assert t.prediction.missing_score == pytest.approx(max(outside, default=0.0))
 
 
 def test_save_then_load_gives_identical_predictions(tiny_model):
@@ -204,6 +232,11 @@ def test_a_20k_token_post_is_tagged_to_its_end_in_bounded_memory(tiny_model, tmp
     copies = 20_000 // len(one.tokens) + 1
     tokens = list(one.tokens) * copies
     assert len(tagger.windows(tokens)) > 50
+    few = one.with_(tokens=tuple(tokens[:tagger.windows(tokens)[2][1]]))
+    stitched = tagger.predict_detailed([few])[0]  # three windows stitched: one probability per word
+    assert len(tagger.windows(few.tokens)) == 3 and len(stitched.entity_prob) == len(few.tokens)
+    inside = {i for e in stitched.prediction.entities for i in range(e.start, e.end)}
+    assert stitched.prediction.missing_score >= max(q for i, q in enumerate(stitched.entity_prob) if i not in inside)
     data = tmp_path / "long.jsonl"
     data.write_text(json.dumps({"id": "long", "tokens": tokens}) + "\n")
     out = tmp_path / "p.jsonl"

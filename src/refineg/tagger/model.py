@@ -7,7 +7,7 @@ from torch import nn
 from torchcrf import CRF
 
 from .align import EncodedBatch
-from .crf import bio_constraints, enforce
+from .crf import FORBIDDEN, bio_constraints, enforce
 from .features import N_FEATURES
 
 
@@ -68,7 +68,21 @@ class TaggerModel(nn.Module):
             words = torch.cat([words, self.prior_emb(prior_ids)], dim=-1)
         return words
 
-    def loss(self, batch: EncodedBatch, tags: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean negative log-likelihood of the tags, each sentence weighted (pseudo-labels count less than gold)."""
-        llh = self.crf(self.emissions(batch), tags, mask=torch.from_numpy(batch.word_mask), reduction="none")
+    def loss(self, batch: EncodedBatch, tags: torch.Tensor, weights: torch.Tensor | None = None,
+             allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean negative log-likelihood of the tags, each sentence weighted (pseudo-labels count less than gold).
+
+        With ``allowed`` (B, W, K), a partly labelled batch: the likelihood is that of every tag path the mask
+        allows (a word whose tag is unknown allows several), so the CRF marginalises over the unknown words.
+        """
+        emissions, mask = self.emissions(batch), torch.from_numpy(batch.word_mask)
+        if allowed is None:
+            llh = self.crf(emissions, tags, mask=mask, reduction="none")
+        else:
+            llh = self._log_partition(emissions.masked_fill(~allowed, FORBIDDEN), mask) - \
+                self._log_partition(emissions, mask)
         return -(llh if weights is None else llh * weights.to(llh.dtype)).mean()
+
+    def _log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # pytorch-crf's forward algorithm (time-major); the package is frozen at 0.7.2, so its private API is stable
+        return self.crf._compute_normalizer(emissions.transpose(0, 1), mask.transpose(0, 1))

@@ -61,6 +61,7 @@ class Tagged:
 
     prediction: Prediction
     scores: tuple[EntityScores, ...]
+    entity_prob: tuple[float, ...] = ()  # per word, 1 - P(O): how likely it is part of some entity
 
 
 def prior_agrees(prior: np.ndarray, start: int, end: int, n: int) -> bool:
@@ -309,11 +310,11 @@ class Tagger:
                                        None if self.corpus is None else self.corpus.features(text, etype)))
             entities.append(Entity(text, etype, start, end, score=p, source="tagger"))
             inside[start:end] = True
-        outside = marg[~inside, self._o]
-        missing = float((1 - outside).max()) if outside.size else 0.0
-        pred = Prediction(sample.id, tuple(entities), tokens=sample.tokens, image=sample.image,
-                          missing_score=min(1.0, max(0.0, missing)))
-        return Tagged(pred, tuple(scores))
+        entity_prob = np.clip(1 - marg[:, self._o], 0.0, 1.0)
+        outside = entity_prob[~inside]
+        missing = float(outside.max()) if outside.size else 0.0
+        pred = Prediction(sample.id, tuple(entities), tokens=sample.tokens, image=sample.image, missing_score=missing)
+        return Tagged(pred, tuple(scores), tuple(entity_prob.tolist()) + (0.0,) * (len(sample.tokens) - n))
 
     def _train_types(self, text: str) -> tuple[str, ...] | None:
         return None if self.lexicon is None else tuple(self.lexicon.get(text_key(text), ()))
@@ -432,7 +433,9 @@ def _stitch(sample: Sample, spans: list[tuple[int, int]], parts: list[Tagged]) -
                 scores.append(sc)
     missing = max((p.prediction.missing_score or 0.0) for p in parts)
     pred = Prediction(sample.id, tuple(entities), tokens=sample.tokens, image=sample.image, missing_score=missing)
-    return Tagged(pred, tuple(scores))
+    entity_prob = tuple(p for k, ((offset, _), part) in enumerate(zip(spans, parts))
+                        for i, p in enumerate(part.entity_prob, offset) if cuts[k] <= i < cuts[k + 1])
+    return Tagged(pred, tuple(scores), entity_prob)
 
 
 def _read_json(path: Path, kind: type):

@@ -53,22 +53,36 @@ def labels_for(samples: Sequence[Sample]) -> list[str]:
     return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
 
 
-def _examples(samples: Sequence[Sample], labels: list[str], weights: Sequence[float] | None = None) -> list[tuple]:
-    """(words, shapes, tag ids, prior ids, weight) per sample with tokens."""
+def _examples(samples: Sequence[Sample], labels: list[str], weights: Sequence[float] | None = None,
+              unknown: Sequence[frozenset[int]] | None = None) -> list[tuple]:
+    """(words, shapes, tag ids, prior ids, weight, allowed tags or None) per sample with tokens."""
     index = {lab: i for i, lab in enumerate(labels)}
     out = []
-    for s, weight in zip(samples, weights if weights is not None else [1.0] * len(samples)):
+    for k, s in enumerate(samples):
         if not s.tokens:
             continue
         spans = [(e.start, e.end, e.type) for e in s.entities]
         if any(st is None for st, _, _ in spans):
             raise DataError("training entities need token offsets", sample=s.id)
         try:
-            tags = tags_from_spans(len(s.tokens), spans)
+            tags = [index[t] for t in tags_from_spans(len(s.tokens), spans)]
         except ValueError as exc:
             raise DataError(f"cannot train on it: {exc}", sample=s.id) from None
-        out.append((list(s.tokens), shape_ids(s.tokens), [index[t] for t in tags], None, float(weight)))
+        free = unknown[k] if unknown is not None else frozenset()
+        out.append((list(s.tokens), shape_ids(s.tokens), tags, None, float(weights[k]) if weights is not None else 1.0,
+                    allowed_tags(tags, free, labels) if free else None))
     return out
+
+
+def allowed_tags(tags: list[int], unknown: frozenset[int], labels: list[str]) -> np.ndarray:
+    """(W, K) mask of the tags each word may take: its own tag, or any tag that starts or stays outside an
+    entity where the tag is unknown (an I- tag only after another unknown word, so a known entity is not extended)."""
+    allowed = np.zeros((len(tags), len(labels)), dtype=bool)
+    allowed[np.arange(len(tags)), tags] = True
+    opening = np.array([not lab.startswith("I-") for lab in labels])
+    for i in sorted(unknown):
+        allowed[i] = True if i > 0 and i - 1 in unknown else opening
+    return allowed
 
 
 def seed_everything(seed: int) -> None:
@@ -100,16 +114,18 @@ def _optimizer(model: TaggerModel, cfg: TaggerConfig) -> torch.optim.Optimizer:
 
 def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: TaggerConfig,
                  progress: bool = True, on_epoch: Callable[[int, float, float], None] | None = None,
-                 weights: Sequence[float] | None = None, init: Tagger | None = None) -> tuple[Tagger, TrainReport]:
+                 weights: Sequence[float] | None = None, init: Tagger | None = None,
+                 unknown: Sequence[frozenset[int]] | None = None) -> tuple[Tagger, TrainReport]:
     """Train on train (each sentence weighted by ``weights``, default 1); pick the epoch with the best dev MNER
-    F1 (the last epoch without dev). ``init`` starts from another tagger's weights (a self-training student)."""
+    F1 (the last epoch without dev). ``init`` starts from another tagger's weights (a self-training student).
+    ``unknown`` gives per sentence the word positions whose tag is not known (partly labelled posts)."""
     from transformers import get_linear_schedule_with_warmup
 
     t0 = time.perf_counter()
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
     labels = init.labels if init is not None else labels_for(list(train) + list(dev or []))
-    examples = _examples(train, labels, weights)
+    examples = _examples(train, labels, weights, unknown)
     if not examples:
         raise DataError("no training sentences")
     encoder, tokenizer = load_encoder(cfg.encoder)
@@ -121,7 +137,7 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
         encoder.get_input_embeddings().weight.requires_grad_(False)
     tagger = Tagger(model, tokenizer, cfg, prior, lexicon_of(train))
     if prior is not None:
-        examples = [(w, s, t, p, wt) for (w, s, t, _, wt), p in zip(examples, prior.ids([e[0] for e in examples]))]
+        examples = [(w, s, t, p, wt, a) for (w, s, t, _, wt, a), p in zip(examples, prior.ids([e[0] for e in examples]))]
     opt = _optimizer(model, cfg)
     passes = passes_per_epoch(len(examples), cfg)
     lengths = [tagger.aligner.n_subtokens(e[0]) for e in examples]
@@ -210,6 +226,20 @@ def passes_per_epoch(n_examples: int, cfg: TaggerConfig) -> int:
     return max(1, math.ceil(cfg.min_epoch_steps / max(1, math.ceil(n_examples / cfg.batch_size))))
 
 
+def _allowed(chunk: list[tuple], tags: np.ndarray) -> torch.Tensor | None:
+    """The batch's (B, W, K) allowed-tag mask when some sentence in it is partly labelled, else None."""
+    if all(c[5] is None for c in chunk):
+        return None
+    n_labels = next(c[5] for c in chunk if c[5] is not None).shape[1]
+    allowed = np.zeros(tags.shape + (n_labels,), dtype=bool)
+    np.put_along_axis(allowed, tags[..., None], True, axis=-1)  # known tags, and O on padding (masked anyway)
+    for b, c in enumerate(chunk):
+        if c[5] is not None:
+            width = min(len(c[5]), tags.shape[1])  # words past the sub-token limit are dropped
+            allowed[b, :width] = c[5][:width]
+    return torch.from_numpy(allowed)
+
+
 def _run_epoch(tagger: Tagger, examples, batches: list[list[int]], opt, sched, progress: bool, epoch: int) -> float:
     model = tagger.model
     model.train()
@@ -220,10 +250,10 @@ def _run_epoch(tagger: Tagger, examples, batches: list[list[int]], opt, sched, p
         priors = [c[3] for c in chunk] if tagger.prior is not None else None
         enc = tagger.aligner.encode([c[0] for c in chunk], [c[1] for c in chunk], priors)
         tags = np.zeros(enc.word_mask.shape, dtype=np.int64)
-        for b, (_, _, tag_ids, _, _) in enumerate(chunk):
+        for b, (_, _, tag_ids, _, _, _) in enumerate(chunk):
             tags[b, : len(tag_ids)] = tag_ids
         tags = tags * enc.word_mask  # words past the sub-token limit carry no label
-        loss = model.loss(enc, torch.from_numpy(tags), torch.tensor([c[4] for c in chunk]))
+        loss = model.loss(enc, torch.from_numpy(tags), torch.tensor([c[4] for c in chunk]), _allowed(chunk, tags))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
