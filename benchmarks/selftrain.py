@@ -44,8 +44,8 @@ def main() -> None:
         tagger_cfg = teacher.config.model_copy(update={"seed": teacher.config.seed + offset})
         cfg = RunConfig(tagger=tagger_cfg, selftrain=SelfTrainConfig(**json.loads(raw)))
         done = self_train(teacher, f1, train, choose, unlabeled, cfg, progress=False)
-        rounds = "; ".join(f"round {r['round']}: {r['pseudo']['used']} posts ({r['pseudo'].get('partly_trusted', 0)} "
-                           f"partly trusted, {r['pseudo'].get('unknown_words', 0)} unknown words), {r['dev_f1_before']:.4f} -> "
+        rounds = "; ".join(f"round {r['round']}: {r['pseudo']['used']} posts ({r['pseudo']['partly_trusted']} "
+                           f"partly trusted, {r['pseudo']['unknown_words']} unknown words), {r['dev_f1_before']:.4f} -> "
                            f"{r['dev_f1_after']:.4f} {'kept' if r['kept'] else 'dropped'} ({r['seconds']:.0f} s)"
                            for r in done.rounds)
         held_f1 = score(held, done.tagger.predict(held)).overall["mner"].f1

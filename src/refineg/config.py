@@ -196,8 +196,9 @@ class SelfTrainConfig(BaseModel):
 
     rounds: int = Field(1, ge=0, description="rounds at most; a round is kept only when dev MNER F1 rises, and the "
                         "rounds stop at the first that does not (a round costs about 1.3 trainings on 500 posts)")
-    entity_score: float = Field(0.7, ge=0, le=1, description="a post is used when every entity's calibrated score "
-                                "is at least this (and the gate does not flag it as missing one)")
+    entity_score: float = Field(0.7, ge=0, le=1, description="an entity is trusted from this calibrated score on; a "
+                                "post is used whole when every entity is (and the gate does not flag it as missing "
+                                "one)")
     partial: bool = Field(True, description="also use posts where only some entities are trusted: the words of the "
                           "others, and words that may belong to a missed entity, are left unknown (the CRF sums over "
                           "their tags)")

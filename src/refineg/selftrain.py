@@ -1,8 +1,9 @@
 """Self-training on unlabeled posts (``refineg train --unlabeled FILE``).
 
 The trained tagger labels the unlabeled posts and its calibrated score model says which labels to
-trust: a post is kept when every entity's calibrated score is at least ``entity_score`` and its
-missing-entity score is below the gate's flag threshold (so no token is likely an entity it missed).
+trust: an entity whose calibrated score is at least ``entity_score``. A post is used whole when every entity
+is trusted and its missing-entity score is below the gate's flag threshold (so no token is likely an entity it
+missed); with ``partial``, a post with some trusted entities is used partly labelled, its doubtful words unknown.
 A student starts from the tagger's weights and trains on gold plus those pseudo-labels, weighted
 below gold. It replaces the tagger only when dev MNER F1 rises; rounds repeat while it does. Dev
 picks epochs and rounds and calibrates the gate, and is never pseudo-labelled. The tagger also keeps how the
@@ -118,7 +119,7 @@ def self_train(tagger: Tagger, dev_f1: float, train: Sequence[Sample], dev: Sequ
         preds = rescored(tagged, score_model)
         pseudo, counts = pseudo_labelled(posts, preds, st, missing, cfg.tagger.seed + r,
                                          [t.entity_prob for t in tagged])
-        if not pseudo or not counts["entities_used"]:  # nothing to learn from: no student is trained
+        if not counts["entities_used"]:  # nothing to learn from: no student is trained
             rounds.append({"round": r, "unlabeled_posts": len(posts), "pseudo": dict(counts), "kept": False,
                            "dev_f1_before": round(dev_f1, 4), "dev_f1_after": round(dev_f1, 4),
                            "seconds": round(time.perf_counter() - t0, 1)})
