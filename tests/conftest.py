@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ TWITTER_V2 = SHARED_DATA / "twitter-gmner" / "Twitter10000_v2.0"
 TWITTER_V1 = SHARED_DATA / "twitter-gmner" / "Twitter10000"
 SPLITS = SHARED_DATA / "twitter-gmner" / "splits"
 SAMPLE_IMAGE = SHARED_DATA / "twitter-gmner" / "sample_images" / "O_3498.jpg"
+REFINEG = str(Path(sys.executable).parent / "refineg")
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +51,38 @@ def tiny_model(tmp_path_factory, twitter_train, twitter_dev):
     out = tmp_path_factory.mktemp("tiny_model")
     result = train_model(train, dev, cfg, out, progress=False)
     return out, result, dev
+
+
+@dataclass(frozen=True)
+class SelfTraining:
+    """The inputs of a tiny `refineg train --unlabeled` (80 labelled, 40 dev, 100 unlabeled real tweets), its
+    command for any --out, and one finished run of it into folder / "whole"."""
+
+    folder: Path
+    dev: list
+    result: subprocess.CompletedProcess
+
+    def command(self, out: str) -> list[str]:
+        """The training command writing MODEL_DIR folder / out."""
+        return [REFINEG, "train", "--train", str(self.folder / "train.jsonl"), "--dev", str(self.folder / "dev.jsonl"),
+                "--unlabeled", str(self.folder / "unlabeled.txt"), "--out", str(self.folder / out), "--config",
+                str(self.folder / "cfg.toml"), "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def self_training(tmp_path_factory, twitter_train, twitter_dev) -> SelfTraining:
+    """A tiny self-training through the CLI (shared by the self-training and training-checkpoint tests)."""
+    from refineg.data import load_samples, save_samples
+
+    folder = tmp_path_factory.mktemp("self_training")
+    train, dev = load_samples(twitter_train), load_samples(twitter_dev)[:40]
+    save_samples(train[:40] + dev, folder / "train.jsonl")  # as the tiny model: enough entities to work with
+    save_samples(dev, folder / "dev.jsonl")
+    (folder / "unlabeled.txt").write_text("\n".join(s.text for s in train[40:140]) + "\n", encoding="utf-8")
+    (folder / "cfg.toml").write_text("[tagger]\nepochs = 4\nmin_epoch_steps = 1\nlstm_hidden = 32\nsoup = 1\n"
+                                     "batch_size = 8\nlr_head = 3e-3\nlr_encoder = 2e-4\nwarmup = 0\n"
+                                     "[selftrain]\nepochs = 2\nentity_score = 0.0\nrounds = 2\n")
+    run = SelfTraining(folder, dev, None)
+    result = subprocess.run(run.command("whole"), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return SelfTraining(folder, dev, result)

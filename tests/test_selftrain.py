@@ -2,9 +2,6 @@
 and `refineg train --unlabeled` end to end on real tweets (a tiny schedule: it measures nothing)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +11,6 @@ from refineg.errors import DataError
 from refineg.selftrain import fresh_posts, pseudo_labelled
 from refineg.types import Entity, Prediction, Sample
 
-REFINEG = str(Path(sys.executable).parent / "refineg")
 
 
 def _post(i: int) -> Sample:
@@ -94,27 +90,15 @@ def test_unlabeled_posts_come_as_plain_text_jsonl_or_a_split(tmp_path, twitter_d
         load_unlabeled(bad)
 
 
-def test_train_with_unlabeled_posts_self_trains_and_says_which_setting(tmp_path, twitter_train, twitter_dev):
-    from refineg.data import load_samples
-
-    train, dev = load_samples(twitter_train), load_samples(twitter_dev)[:40]
-    save_samples(train[:40] + dev, tmp_path / "train.jsonl")  # as the tiny model: enough entities to work with
-    (tmp_path / "unlabeled.txt").write_text("\n".join(s.text for s in train[40:140]) + "\n", encoding="utf-8")
-    save_samples(dev, tmp_path / "dev.jsonl")
-    (tmp_path / "cfg.toml").write_text("[tagger]\nepochs = 4\nmin_epoch_steps = 1\nlstm_hidden = 32\nsoup = 1\n"
-                                       "batch_size = 8\nlr_head = 3e-3\nlr_encoder = 2e-4\nwarmup = 0\n"
-                                       "[selftrain]\nepochs = 1\nentity_score = 0.0\nrounds = 2\n")
-    res = subprocess.run([REFINEG, "train", "--train", str(tmp_path / "train.jsonl"), "--dev", str(tmp_path / "dev.jsonl"),
-                          "--unlabeled", str(tmp_path / "unlabeled.txt"), "--out", str(tmp_path / "model"), "--config",
-                          str(tmp_path / "cfg.toml"), "--quiet"], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
+def test_train_with_unlabeled_posts_self_trains_and_says_which_setting(self_training):
+    res = self_training.result
     assert "setting: 80 labelled + 100 unlabeled (self-training)" in res.stdout
     assert "self-training round 1:" in res.stdout
-    meta = json.loads((tmp_path / "model" / "meta.json").read_text())
+    meta = json.loads((self_training.folder / "whole" / "meta.json").read_text())
     assert meta["setting"] == "80 labelled + 100 unlabeled (self-training)"
     first = meta["selftraining"]["rounds"][0]
     assert first["unlabeled_posts"] == 100 and first["pseudo"]["used"] > 0
     assert first["kept"] == (first["dev_f1_after"] > first["dev_f1_before"])
     from refineg.tagger.tagger import Tagger
 
-    assert Tagger.load(tmp_path / "model").corpus.posts == 100  # the gate's corpus signal travels with the model
+    assert Tagger.load(self_training.folder / "whole").corpus.posts == 100  # the gate's corpus signal travels with it

@@ -20,6 +20,7 @@ from .errors import DataError
 from .eval.metrics import score
 from .gate import GateCalibration, apply_gate, calibrate, fit_score_model, gate_figures, rescored
 from .tagger.tagger import Tagger
+from .trainstate import Checkpoints, TrainingState, training_key
 from .types import Prediction, Sample
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,35 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
     from .tagger.train import train_tagger
 
     t_start = time.perf_counter()
-    tagger, report = train_tagger(train, dev, cfg.tagger, progress=progress)
+    # a killed training resumes after its last finished stage (saved beside out_dir)
+    checkpoints = Checkpoints(out_dir, training_key(train, dev, unlabeled, cfg)) if out_dir is not None else None
+    resumed = checkpoints.latest() if checkpoints else None
+    if resumed:
+        tagger, state = resumed
+        log.info("resuming after %s (%s)", state.stage, checkpoints.folder)
+    else:
+        tagger, report = train_tagger(train, dev, cfg.tagger, progress=progress)
+        state = TrainingState(checkpoints.key if checkpoints else "", report.as_dict(), dev_f1=report.soup_dev_f1,
+                              finished=not unlabeled, precision_check=tagger.precision_check, seconds=report.seconds)
+        if checkpoints and unlabeled:  # without self-training only seconds of work follow
+            checkpoints.save(tagger, state)
+    before = state.seconds if resumed else 0.0  # spent by earlier, interrupted runs
     selftraining = None
     if unlabeled:
         from .selftrain import self_train
 
-        done = self_train(tagger, report.soup_dev_f1, train, dev, unlabeled, cfg, progress)
-        tagger = done.tagger
-        selftraining = {"unlabeled_posts": len(unlabeled), "rounds": done.rounds,
-                        "rounds_kept": sum(r["kept"] for r in done.rounds),
+        def on_round(tagger: Tagger, rounds: list[dict], dev_f1: float, finished: bool) -> None:
+            if checkpoints:
+                checkpoints.save(tagger, replace(state, rounds=rounds, dev_f1=dev_f1, finished=finished,
+                                                 precision_check=tagger.precision_check,
+                                                 seconds=round(before + time.perf_counter() - t_start, 1)))
+
+        rounds = state.rounds
+        if not state.finished:
+            done = self_train(tagger, state.dev_f1, train, dev, unlabeled, cfg, progress, state.rounds, on_round)
+            tagger, rounds = done.tagger, done.rounds
+        selftraining = {"unlabeled_posts": len(unlabeled), "rounds": rounds,
+                        "rounds_kept": sum(r["kept"] for r in rounds),
                         "corpus_texts": len(tagger.corpus.tagged) if tagger.corpus else 0}
     t0 = time.perf_counter()
     tagged = tagger.predict_detailed(dev)
@@ -62,10 +83,11 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
     groundability = _fit_groundability(train, dev, cfg)
     meta = {
         "setting": _setting(train, unlabeled),
-        "train": report.as_dict(),
+        "train": state.report,
         "selftraining": selftraining,
         "runtime": {"runtime": tagger.runtime, "int8": tagger.config.int8, "check": tagger.precision_check},
-        "seconds_total": round(time.perf_counter() - t_start, 1),
+        "seconds_total": round(before + time.perf_counter() - t_start, 1),
+        "resumed_after": state.stage if resumed else None,
         "dev": {"mner": score(dev, dev_preds).overall["mner"].as_dict(), "tag_sentences_per_s": round(len(dev) / tag_seconds, 1)},
         "gate": {"auroc": gate.auroc, "delegation_rate": gate.delegation_rate, "errors_caught": gate.errors_caught},
         "groundability": groundability.dev if groundability else None,
@@ -74,6 +96,7 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
     }
     if out_dir is not None:
         save_model_dir(out_dir, tagger, gate, meta, groundability)
+        checkpoints.clear()
     return TrainResult(tagger, gate, meta)
 
 

@@ -18,7 +18,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .config import RunConfig, SelfTrainConfig
 from .eval.metrics import normalise
@@ -106,38 +106,44 @@ def _score_model(tagger: Tagger, dev: Sequence[Sample], cfg: RunConfig):
 
 
 def self_train(tagger: Tagger, dev_f1: float, train: Sequence[Sample], dev: Sequence[Sample],
-               unlabeled: Sequence[Sample], cfg: RunConfig, progress: bool = True) -> SelfTrained:
-    """Rounds of pseudo-labelling and student training, kept while dev MNER F1 rises."""
+               unlabeled: Sequence[Sample], cfg: RunConfig, progress: bool = True, done: Sequence[dict] = (),
+               on_round: Callable[[Tagger, list[dict], float, bool], None] | None = None) -> SelfTrained:
+    """Rounds of pseudo-labelling and student training, kept while dev MNER F1 rises.
+
+    ``done`` are rounds an earlier, interrupted run finished (``tagger`` is where they left it); ``on_round`` is
+    told after each round the tagger, the rounds so far, its dev F1 and whether self-training is over."""
     st = cfg.selftrain
     posts = fresh_posts(unlabeled, train, dev)
     score_model, dev_preds = _score_model(tagger, dev, cfg)
-    rounds: list[dict] = []
-    for r in range(1, st.rounds + 1):
+    rounds: list[dict] = list(done)
+    for r in range(len(done) + 1, st.rounds + 1):
         t0 = time.perf_counter()
         missing = calibrate(dev_preds, dev, cfg.gate).missing_threshold
         tagged = tagger.predict_detailed(posts, progress=progress)
         preds = rescored(tagged, score_model)
         pseudo, counts = pseudo_labelled(posts, preds, st, missing, cfg.tagger.seed + r,
                                          [t.entity_prob for t in tagged])
-        if not counts["entities_used"]:  # nothing to learn from: no student is trained
-            rounds.append({"round": r, "unlabeled_posts": len(posts), "pseudo": dict(counts), "kept": False,
-                           "dev_f1_before": round(dev_f1, 4), "dev_f1_after": round(dev_f1, 4),
-                           "seconds": round(time.perf_counter() - t0, 1)})
-            break
-        student_cfg = cfg.tagger.model_copy(update={"epochs": st.epochs, "seed": cfg.tagger.seed + r})
-        student, report = train_tagger(list(train) + [p for p, _ in pseudo], dev, student_cfg, progress,
-                                       weights=[1.0] * len(train) + [st.weight] * len(pseudo), init=tagger,
-                                       unknown=[frozenset()] * len(train) + [u for _, u in pseudo])
-        better = report.soup_dev_f1 > dev_f1
+        student, after = tagger, dev_f1  # with no trusted entity there is nothing to learn from: no student
+        if counts["entities_used"]:
+            student_cfg = cfg.tagger.model_copy(update={"epochs": st.epochs, "seed": cfg.tagger.seed + r})
+            student, report = train_tagger(list(train) + [p for p, _ in pseudo], dev, student_cfg, progress,
+                                           weights=[1.0] * len(train) + [st.weight] * len(pseudo), init=tagger,
+                                           unknown=[frozenset()] * len(train) + [u for _, u in pseudo])
+            after = report.soup_dev_f1
+            log.info("self-training round %d: %d pseudo-labelled posts, dev MNER F1 %.4f -> %.4f (%s)", r,
+                     len(pseudo), dev_f1, after, "kept" if after > dev_f1 else "dropped")
+        better = after > dev_f1
         rounds.append({"round": r, "unlabeled_posts": len(posts), "pseudo": dict(counts),
-                       "dev_f1_before": round(dev_f1, 4), "dev_f1_after": round(report.soup_dev_f1, 4),
-                       "kept": better, "seconds": round(time.perf_counter() - t0, 1)})
-        log.info("self-training round %d: %d pseudo-labelled posts, dev MNER F1 %.4f -> %.4f (%s)", r,
-                 len(pseudo), dev_f1, report.soup_dev_f1, "kept" if better else "dropped")
-        if not better:
+                       "dev_f1_before": round(dev_f1, 4), "dev_f1_after": round(after, 4), "kept": better,
+                       "seconds": round(time.perf_counter() - t0, 1)})
+        finished = not better or r == st.rounds
+        if better:
+            tagger, dev_f1 = student, after
+        if finished and posts:  # how the last teacher labelled the unlabeled posts, for the gate (free: already tagged)
+            tagger.corpus = CorpusCounts.of([t.prediction for t in tagged])
+        if on_round:
+            on_round(tagger, rounds, dev_f1, finished)
+        if finished:
             break
-        tagger, dev_f1 = student, report.soup_dev_f1
         score_model, dev_preds = _score_model(tagger, dev, cfg)
-    if rounds and posts:  # how the last teacher labelled the unlabeled posts, for the gate (free: already tagged)
-        tagger.corpus = CorpusCounts.of([t.prediction for t in tagged])
     return SelfTrained(tagger, rounds)

@@ -1,6 +1,5 @@
 from PIL import Image
 
-from refineg.config import LLMConfig
 from refineg.data.images import open_image, prepare_image, sent_size
 from refineg.errors import DataError
 from refineg.types import Box

@@ -124,6 +124,18 @@ def test_save_then_load_gives_identical_predictions(tiny_model):
     assert loaded.predict(dev) == result.tagger.predict(dev)
 
 
+def test_a_student_of_a_loaded_tagger_trains_as_one_of_the_same_tagger_in_memory(tiny_model):
+    # a loaded tagger builds its network on first use; doing that inside the student's seeded training drew
+    # from its random stream, so a resumed self-training made another student
+    from refineg.tagger.train import train_tagger
+
+    out, result, dev = tiny_model
+    cfg = result.tagger.config.model_copy(update={"epochs": 1, "seed": 14})
+    reports = [train_tagger(dev[:24], dev[24:], cfg, progress=False, init=init)[1]
+               for init in (result.tagger, Tagger.load(out))]
+    assert reports[0].loss_by_epoch == reports[1].loss_by_epoch
+
+
 def test_empty_sample_gets_an_empty_prediction(tiny_model):
     _, result, _ = tiny_model
     (p,) = result.tagger.predict([Sample("e", ())])

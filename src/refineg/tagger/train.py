@@ -122,6 +122,8 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
     from transformers import get_linear_schedule_with_warmup
 
     t0 = time.perf_counter()
+    # read before seeding: a loaded tagger builds its network on first use, which would draw from the seeded stream
+    init_state = init.model.state_dict() if init is not None else None
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
     labels = init.labels if init is not None else labels_for(list(train) + list(dev or []))
@@ -131,8 +133,8 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
     encoder, tokenizer = load_encoder(cfg.encoder)
     prior = prior_for(cfg)
     model = build_model(encoder, labels, cfg, prior)
-    if init is not None:
-        model.load_state_dict(init.model.state_dict())
+    if init_state is not None:
+        model.load_state_dict(init_state)
     if cfg.freeze_embeddings:
         encoder.get_input_embeddings().weight.requires_grad_(False)
     tagger = Tagger(model, tokenizer, cfg, prior, lexicon_of(train))

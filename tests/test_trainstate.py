@@ -1,0 +1,72 @@
+"""Stage checkpoints of `refineg train`: a training killed after a stage resumes there and ends with the model an
+uninterrupted training makes; stages of another training are never used."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from refineg.config import RunConfig, TaggerConfig
+from refineg.data import load_samples
+from refineg.tagger.tagger import Tagger
+from refineg.trainstate import STATE, Checkpoints, TrainingState, training_key
+
+
+def _entities(tagger: Tagger, dev) -> list:
+    return [[(e.start, e.end, e.type, round(e.score, 6)) for e in p.entities] for p in tagger.predict(dev)]
+
+
+def test_a_stage_is_found_again_only_by_the_same_training(tmp_path, tiny_model):
+    _, result, dev = tiny_model
+    checkpoints = Checkpoints(tmp_path / "model", "key-1")
+    checkpoints.save(result.tagger, TrainingState("key-1", {"epochs_run": 4}, dev_f1=0.5, seconds=12.0))
+    (checkpoints.folder / "stage-001").mkdir()  # a stage killed while it was being saved: no state, never used
+    tagger, state = Checkpoints(tmp_path / "model", "key-1").latest()
+    assert state.report == {"epochs_run": 4} and state.dev_f1 == 0.5 and state.stage == "the labelled-only training"
+    assert _entities(tagger, dev) == _entities(result.tagger, dev)
+    assert Checkpoints(tmp_path / "model", "key-2").latest() is None  # other data or settings: start over
+    assert not checkpoints.folder.exists()
+
+
+def test_the_key_follows_the_data_and_the_settings(twitter_dev):
+    dev = load_samples(twitter_dev)[:20]
+    cfg = RunConfig()
+    key = training_key(dev[:10], dev[10:], [], cfg)
+    assert key == training_key(dev[:10], dev[10:], [], RunConfig())
+    assert key != training_key(dev[:10], dev[10:], [], RunConfig(tagger=TaggerConfig(seed=14)))
+    assert key != training_key(dev[:10], dev[10:], [dev[0].with_(entities=())], cfg)
+    assert key != training_key([dev[0].with_(entities=dev[0].entities[:-1])] + dev[1:10], dev[10:], [], cfg)
+
+
+def test_a_killed_self_training_resumes_after_its_last_stage_and_ends_as_if_never_killed(self_training):
+    folder, dev, whole = self_training.folder, self_training.dev, self_training.result
+    assert "resumed" not in whole.stdout
+    work = folder / ".killed.work"
+    proc = subprocess.Popen(self_training.command("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not (work / "stage-000" / STATE).is_file():  # the labelled-only tagger is saved: kill the run in round 1
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first stage was saved"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (folder / "killed").exists()  # no half model
+
+    again = subprocess.run(self_training.command("killed"), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed after the labelled-only training" in again.stdout
+    assert not work.exists()  # the stages go once the model is saved
+
+    metas = [json.loads((folder / out / "meta.json").read_text()) for out in ("whole", "killed")]
+    assert metas[1]["resumed_after"] == "the labelled-only training" and metas[0]["resumed_after"] is None
+    for key in ("dev_f1_by_epoch", "best_epoch", "soup_epochs"):
+        assert metas[1]["train"][key] == metas[0]["train"][key]
+    rounds = [[{k: v for k, v in r.items() if k != "seconds"} for r in m["selftraining"]["rounds"]] for m in metas]
+    assert rounds[1] == rounds[0]
+    assert metas[1]["dev"]["mner"] == metas[0]["dev"]["mner"]
+    assert metas[1]["seconds_total"] >= metas[1]["train"]["seconds"]  # the killed run's training is counted
+    taggers = [Tagger.load(folder / out) for out in ("whole", "killed")]
+    assert _entities(taggers[1], dev) == _entities(taggers[0], dev)
+    assert taggers[1].corpus.posts == taggers[0].corpus.posts == 100
