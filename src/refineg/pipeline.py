@@ -38,13 +38,13 @@ class TrainResult:
 def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, out_dir: str | Path | None = None,
                 progress: bool = True, sources: dict | None = None, unlabeled: Sequence[Sample] = ()) -> TrainResult:
     """Train the tagger (then self-train it on unlabeled posts, if any), calibrate the gate on dev, and save
-    both into out_dir (if given)."""
+    both into out_dir (if given). With out_dir, each finished stage is saved beside it, and a rerun of a killed
+    training goes on from the last one (trainstate.py)."""
     if not dev:
         raise DataError("a dev set is needed to pick the epoch and calibrate the gate")
     from .tagger.train import train_tagger
 
     t_start = time.perf_counter()
-    # a killed training resumes after its last finished stage (saved beside out_dir)
     checkpoints = Checkpoints(out_dir, training_key(train, dev, unlabeled, cfg)) if out_dir is not None else None
     resumed = checkpoints.latest() if checkpoints else None
     if resumed:
