@@ -62,11 +62,11 @@ class SelfTraining:
     dev: list
     result: subprocess.CompletedProcess
 
-    def command(self, out: str) -> list[str]:
-        """The training command writing MODEL_DIR folder / out."""
+    def command(self, out: str, unlabeled: bool = True) -> list[str]:
+        """The training command writing MODEL_DIR folder / out (without unlabeled posts: a plain training)."""
         return [REFINEG, "train", "--train", str(self.folder / "train.jsonl"), "--dev", str(self.folder / "dev.jsonl"),
-                "--unlabeled", str(self.folder / "unlabeled.txt"), "--out", str(self.folder / out), "--config",
-                str(self.folder / "cfg.toml"), "--quiet"]
+                *(["--unlabeled", str(self.folder / "unlabeled.txt")] if unlabeled else []),
+                "--out", str(self.folder / out), "--config", str(self.folder / "cfg.toml"), "--quiet"]
 
 
 @pytest.fixture(scope="session")
@@ -79,8 +79,9 @@ def self_training(tmp_path_factory, twitter_train, twitter_dev) -> SelfTraining:
     save_samples(train[:40] + dev, folder / "train.jsonl")  # as the tiny model: enough entities to work with
     save_samples(dev, folder / "dev.jsonl")
     (folder / "unlabeled.txt").write_text("\n".join(s.text for s in train[40:140]) + "\n", encoding="utf-8")
-    (folder / "cfg.toml").write_text("[tagger]\nepochs = 4\nmin_epoch_steps = 1\nlstm_hidden = 32\nsoup = 1\n"
+    (folder / "cfg.toml").write_text("[tagger]\nepochs = 4\nmin_epoch_steps = 1\nlstm_hidden = 32\nsoup = 2\n"
                                      "batch_size = 8\nlr_head = 3e-3\nlr_encoder = 2e-4\nwarmup = 0\n"
+                                     "checkpoint_seconds = 0\n"
                                      "[selftrain]\nepochs = 2\nentity_score = 0.0\nrounds = 2\n")
     run = SelfTraining(folder, dev, None)
     result = subprocess.run(run.command("whole"), capture_output=True, text=True, timeout=600)

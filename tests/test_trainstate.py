@@ -1,5 +1,5 @@
-"""Stage checkpoints of `refineg train`: a training killed after a stage resumes there and ends with the model an
-uninterrupted training makes; stages of another training are never used."""
+"""Checkpoints of `refineg train`: a training killed after a stage or an epoch resumes there and ends with the model
+an uninterrupted training makes; the checkpoints of another training are never used."""
 
 from __future__ import annotations
 
@@ -22,13 +22,15 @@ def _entities(tagger: Tagger, dev) -> list:
 def test_a_stage_is_found_again_only_by_the_same_training(tmp_path, tiny_model):
     _, result, dev = tiny_model
     checkpoints = Checkpoints(tmp_path / "model", "key-1")
-    checkpoints.save(result.tagger, TrainingState("key-1", {"epochs_run": 4}, dev_f1=0.5, seconds=12.0))
+    assert checkpoints.open() is None  # nothing saved yet
+    checkpoints.save(result.tagger, TrainingState({"epochs_run": 4}, dev_f1=0.5, seconds=12.0))
     (checkpoints.folder / "stage-001").mkdir()  # a stage killed while it was being saved: no state, never used
-    tagger, state = Checkpoints(tmp_path / "model", "key-1").latest()
+    tagger, state = Checkpoints(tmp_path / "model", "key-1").open()
     assert state.report == {"epochs_run": 4} and state.dev_f1 == 0.5 and state.stage == "the labelled-only training"
     assert _entities(tagger, dev) == _entities(result.tagger, dev)
-    assert Checkpoints(tmp_path / "model", "key-2").latest() is None  # other data or settings: start over
-    assert not checkpoints.folder.exists()
+    (checkpoints.epochs(1) / "training.pt").parent.mkdir()
+    assert Checkpoints(tmp_path / "model", "key-2").open() is None  # other data or settings: start over
+    assert list(checkpoints.folder.iterdir()) == [checkpoints.folder / "key.txt"]
 
 
 def test_the_key_follows_the_data_and_the_settings(twitter_dev):
@@ -39,6 +41,8 @@ def test_the_key_follows_the_data_and_the_settings(twitter_dev):
     assert key != training_key(dev[:10], dev[10:], [], RunConfig(tagger=TaggerConfig(seed=14)))
     assert key != training_key(dev[:10], dev[10:], [dev[0].with_(entities=())], cfg)
     assert key != training_key([dev[0].with_(entities=dev[0].entities[:-1])] + dev[1:10], dev[10:], [], cfg)
+    # how often the epoch state is saved changes nothing the training does
+    assert key == training_key(dev[:10], dev[10:], [], RunConfig(tagger=TaggerConfig(checkpoint_seconds=5)))
 
 
 def test_a_killed_self_training_resumes_after_its_last_stage_and_ends_as_if_never_killed(self_training):
@@ -57,16 +61,47 @@ def test_a_killed_self_training_resumes_after_its_last_stage_and_ends_as_if_neve
     again = subprocess.run(self_training.command("killed"), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resumed after the labelled-only training" in again.stdout
-    assert not work.exists()  # the stages go once the model is saved
+    assert not work.exists()  # the checkpoints go once the model is saved
 
     metas = [json.loads((folder / out / "meta.json").read_text()) for out in ("whole", "killed")]
-    assert metas[1]["resumed_after"] == "the labelled-only training" and metas[0]["resumed_after"] is None
+    assert metas[1]["resumed_after"].startswith("the labelled-only training") and metas[0]["resumed_after"] is None
     for key in ("dev_f1_by_epoch", "best_epoch", "soup_epochs"):
         assert metas[1]["train"][key] == metas[0]["train"][key]
-    rounds = [[{k: v for k, v in r.items() if k != "seconds"} for r in m["selftraining"]["rounds"]] for m in metas]
+    rounds = [[{k: v for k, v in r.items() if k not in ("seconds", "resumed_after_epoch")}
+               for r in m["selftraining"]["rounds"]] for m in metas]
     assert rounds[1] == rounds[0]
     assert metas[1]["dev"]["mner"] == metas[0]["dev"]["mner"]
     assert metas[1]["seconds_total"] >= metas[1]["train"]["seconds"]  # the killed run's training is counted
     taggers = [Tagger.load(folder / out) for out in ("whole", "killed")]
     assert _entities(taggers[1], dev) == _entities(taggers[0], dev)
     assert taggers[1].corpus.posts == taggers[0].corpus.posts == 100
+
+
+def test_a_killed_training_resumes_after_its_last_saved_epoch_and_ends_as_if_never_killed(self_training):
+    folder, dev = self_training.folder, self_training.dev
+    runs = {}
+    for out in ("plain", "plain-killed"):
+        proc = subprocess.Popen(self_training.command(out, unlabeled=False), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        state = folder / f".{out}.work" / "epochs-000" / "training.pt"
+        if out == "plain-killed":
+            deadline = time.monotonic() + 600
+            while not state.is_file():  # an epoch's state is saved: kill the training in a later epoch
+                assert proc.poll() is None and time.monotonic() < deadline, "the run ended before an epoch was saved"
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            assert not (folder / out).exists()
+            proc = subprocess.Popen(self_training.command(out, unlabeled=False), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr
+        runs[out] = json.loads((folder / out / "meta.json").read_text())
+        assert not state.parent.parent.exists()
+    whole, resumed = runs["plain"]["train"], runs["plain-killed"]["train"]
+    assert whole["resumed_after_epoch"] == 0 and 1 <= resumed["resumed_after_epoch"] < 4
+    assert runs["plain-killed"]["resumed_after"] == f"epoch {resumed['resumed_after_epoch']} of the labelled-only training"
+    for key in ("dev_f1_by_epoch", "loss_by_epoch", "best_epoch", "soup_epochs", "soup_dev_f1"):
+        assert resumed[key] == whole[key]
+    taggers = [Tagger.load(folder / out) for out in ("plain", "plain-killed")]
+    assert _entities(taggers[1], dev) == _entities(taggers[0], dev)

@@ -338,7 +338,7 @@ def train(
     m, g, t = result.meta["dev"]["mner"], result.gate, result.meta["train"]
     out.print(f"setting: {result.meta['setting']}")
     if result.meta["resumed_after"]:
-        out.print(f"resumed after {result.meta['resumed_after']} (an earlier run was interrupted)")
+        out.print(f"resumed after {result.meta['resumed_after']} (an earlier run was interrupted)", soft_wrap=True)
     out.print(f"trained on {len(samples)} + {len(extra)} augmented sentences in {t['seconds']:.0f} s "
               f"(best epoch {t['best_epoch']} of {t['epochs_run']}; weights averaged over epochs "
               f"{', '.join(map(str, t['soup_epochs']))})")

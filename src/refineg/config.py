@@ -146,6 +146,9 @@ class TaggerConfig(BaseModel):
                               "about 2.5x faster than float32 on CPU). None: decided at train time on dev, int8 "
                               "only when it costs at most int8_max_loss of MNER F1; true / false force it")
     int8_max_loss: float = Field(0.003, ge=0, description="the largest dev MNER F1 drop int8 may cost (0.003: 0.3 points)")
+    checkpoint_seconds: float = Field(60.0, ge=0, description="`train`: after an epoch, save the training state "
+                                      "(weights, optimiser, random streams) when this long has passed since the last "
+                                      "save; a killed training resumes from it, to the same model")
 
 
 class GateConfig(BaseModel):

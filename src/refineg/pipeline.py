@@ -46,14 +46,15 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
 
     t_start = time.perf_counter()
     checkpoints = Checkpoints(out_dir, training_key(train, dev, unlabeled, cfg)) if out_dir is not None else None
-    resumed = checkpoints.latest() if checkpoints else None
+    resumed = checkpoints.open() if checkpoints else None
     if resumed:
         tagger, state = resumed
         log.info("resuming after %s (%s)", state.stage, checkpoints.folder)
     else:
-        tagger, report = train_tagger(train, dev, cfg.tagger, progress=progress)
-        state = TrainingState(checkpoints.key if checkpoints else "", report.as_dict(), dev_f1=report.soup_dev_f1,
-                              finished=not unlabeled, precision_check=tagger.precision_check, seconds=report.seconds)
+        tagger, report = train_tagger(train, dev, cfg.tagger, progress=progress,
+                                      state_dir=checkpoints.epochs(0) if checkpoints else None)
+        state = TrainingState(report.as_dict(), dev_f1=report.soup_dev_f1, finished=not unlabeled,
+                              precision_check=tagger.precision_check, seconds=report.seconds)
         if checkpoints and unlabeled:  # without self-training only seconds of work follow
             checkpoints.save(tagger, state)
     before = state.seconds if resumed else 0.0  # spent by earlier, interrupted runs
@@ -69,7 +70,8 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
 
         rounds = state.rounds
         if not state.finished:
-            done = self_train(tagger, state.dev_f1, train, dev, unlabeled, cfg, progress, state.rounds, on_round)
+            done = self_train(tagger, state.dev_f1, train, dev, unlabeled, cfg, progress, state.rounds, on_round,
+                              checkpoints.epochs if checkpoints else None)
             tagger, rounds = done.tagger, done.rounds
         selftraining = {"unlabeled_posts": len(unlabeled), "rounds": rounds,
                         "rounds_kept": sum(r["kept"] for r in rounds),
@@ -87,7 +89,7 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
         "selftraining": selftraining,
         "runtime": {"runtime": tagger.runtime, "int8": tagger.config.int8, "check": tagger.precision_check},
         "seconds_total": round(before + time.perf_counter() - t_start, 1),
-        "resumed_after": state.stage if resumed else None,
+        "resumed_after": _resumed_after(state, resumed is not None, (selftraining or {}).get("rounds", [])),
         "dev": {"mner": score(dev, dev_preds).overall["mner"].as_dict(), "tag_sentences_per_s": round(len(dev) / tag_seconds, 1)},
         "gate": {"auroc": gate.auroc, "delegation_rate": gate.delegation_rate, "errors_caught": gate.errors_caught},
         "groundability": groundability.dev if groundability else None,
@@ -98,6 +100,16 @@ def train_model(train: Sequence[Sample], dev: Sequence[Sample], cfg: RunConfig, 
         save_model_dir(out_dir, tagger, gate, meta, groundability)
         checkpoints.clear()
     return TrainResult(tagger, gate, meta)
+
+
+def _resumed_after(state: TrainingState, from_stage: bool, rounds: list[dict]) -> str | None:
+    """Where this run took over from killed runs of the same training, in words (None: it did not)."""
+    points = [f"epoch {state.report['resumed_after_epoch']} of the labelled-only training"] \
+        if state.report.get("resumed_after_epoch") else []
+    points += [state.stage] if from_stage else []
+    points += [f"epoch {r['resumed_after_epoch']} of self-training round {r['round']}" for r in rounds
+               if r.get("resumed_after_epoch")]
+    return ", then ".join(points) or None
 
 
 def _setting(train: Sequence[Sample], unlabeled: Sequence[Sample]) -> str:

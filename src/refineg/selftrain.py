@@ -18,6 +18,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 from .config import RunConfig, SelfTrainConfig
@@ -107,11 +108,13 @@ def _score_model(tagger: Tagger, dev: Sequence[Sample], cfg: RunConfig):
 
 def self_train(tagger: Tagger, dev_f1: float, train: Sequence[Sample], dev: Sequence[Sample],
                unlabeled: Sequence[Sample], cfg: RunConfig, progress: bool = True, done: Sequence[dict] = (),
-               on_round: Callable[[Tagger, list[dict], float, bool], None] | None = None) -> SelfTrained:
+               on_round: Callable[[Tagger, list[dict], float, bool], None] | None = None,
+               state_dirs: Callable[[int], Path] | None = None) -> SelfTrained:
     """Rounds of pseudo-labelling and student training, kept while dev MNER F1 rises.
 
     ``done`` are rounds an earlier, interrupted run finished (``tagger`` is where they left it); ``on_round`` is
-    told after each round the tagger, the rounds so far, its dev F1 and whether self-training is over."""
+    told after each round the tagger, the rounds so far, its dev F1 and whether self-training is over;
+    ``state_dirs(r)`` is where round r's student keeps its epoch state (a killed round goes on from it)."""
     st = cfg.selftrain
     posts = fresh_posts(unlabeled, train, dev)
     score_model, dev_preds = _score_model(tagger, dev, cfg)
@@ -123,19 +126,21 @@ def self_train(tagger: Tagger, dev_f1: float, train: Sequence[Sample], dev: Sequ
         preds = rescored(tagged, score_model)
         pseudo, counts = pseudo_labelled(posts, preds, st, missing, cfg.tagger.seed + r,
                                          [t.entity_prob for t in tagged])
-        student, after = tagger, dev_f1  # with no trusted entity there is nothing to learn from: no student
+        student, after, resumed = tagger, dev_f1, 0  # with no trusted entity there is nothing to learn from
         if counts["entities_used"]:
             student_cfg = cfg.tagger.model_copy(update={"epochs": st.epochs, "seed": cfg.tagger.seed + r})
             student, report = train_tagger(list(train) + [p for p, _ in pseudo], dev, student_cfg, progress,
                                            weights=[1.0] * len(train) + [st.weight] * len(pseudo), init=tagger,
-                                           unknown=[frozenset()] * len(train) + [u for _, u in pseudo])
-            after = report.soup_dev_f1
+                                           unknown=[frozenset()] * len(train) + [u for _, u in pseudo],
+                                           state_dir=state_dirs(r) if state_dirs else None)
+            after, resumed = report.soup_dev_f1, report.resumed_after_epoch
             log.info("self-training round %d: %d pseudo-labelled posts, dev MNER F1 %.4f -> %.4f (%s)", r,
                      len(pseudo), dev_f1, after, "kept" if after > dev_f1 else "dropped")
         better = after > dev_f1
         rounds.append({"round": r, "unlabeled_posts": len(posts), "pseudo": dict(counts),
                        "dev_f1_before": round(dev_f1, 4), "dev_f1_after": round(after, 4), "kept": better,
-                       "seconds": round(time.perf_counter() - t0, 1)})
+                       "seconds": round(time.perf_counter() - t0, 1)}
+                      | ({"resumed_after_epoch": resumed} if resumed else {}))
         finished = not better or r == st.rounds
         if better:
             tagger, dev_f1 = student, after

@@ -7,9 +7,11 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -18,7 +20,7 @@ from tqdm import tqdm
 
 from ..config import TaggerConfig
 from ..data.bio import tags_from_spans
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..eval.metrics import score
 from ..types import Sample
 from .encoder import load_encoder
@@ -42,6 +44,7 @@ class TrainReport:
     soup_epochs: list[int] = field(default_factory=list)  # epochs whose weights were averaged into the model
     soup_dev_f1: float = 0.0
     seconds: float = 0.0
+    resumed_after_epoch: int = 0  # an earlier, killed run of this training saved its state after this epoch
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -115,10 +118,13 @@ def _optimizer(model: TaggerModel, cfg: TaggerConfig) -> torch.optim.Optimizer:
 def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: TaggerConfig,
                  progress: bool = True, on_epoch: Callable[[int, float, float], None] | None = None,
                  weights: Sequence[float] | None = None, init: Tagger | None = None,
-                 unknown: Sequence[frozenset[int]] | None = None) -> tuple[Tagger, TrainReport]:
+                 unknown: Sequence[frozenset[int]] | None = None, state_dir: Path | None = None
+                 ) -> tuple[Tagger, TrainReport]:
     """Train on train (each sentence weighted by ``weights``, default 1); pick the epoch with the best dev MNER
     F1 (the last epoch without dev). ``init`` starts from another tagger's weights (a self-training student).
-    ``unknown`` gives per sentence the word positions whose tag is not known (partly labelled posts)."""
+    ``unknown`` gives per sentence the word positions whose tag is not known (partly labelled posts).
+    With ``state_dir``, the training state is saved there after an epoch (every ``checkpoint_seconds``), and a
+    training of the same data and settings found there goes on from it."""
     from transformers import get_linear_schedule_with_warmup
 
     t0 = time.perf_counter()
@@ -145,33 +151,89 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
     lengths = [tagger.aligner.n_subtokens(e[0]) for e in examples]
     steps = cfg.epochs * passes * math.ceil(len(examples) / cfg.batch_size)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * steps), steps)
-    report = TrainReport(train_sentences=len(examples))
-    rng = random.Random(cfg.seed)
-    snapshots: list[_Snapshot] = []  # the best epochs so far, best first
-    stale = 0
-    for epoch in range(1, cfg.epochs + 1):
-        batches = [b for _ in range(passes) for b in _batches(lengths, cfg.batch_size, rng)]
+    run = _Run(TrainReport(train_sentences=len(examples)), random.Random(cfg.seed))
+    if state_dir is not None and (state_dir / _STATE).is_file():
+        run = _resumed(state_dir, model, opt, sched)
+    saved_at = time.perf_counter()
+    for epoch in range(run.report.epochs_run + 1, cfg.epochs + 1):
+        batches = [b for _ in range(passes) for b in _batches(lengths, cfg.batch_size, run.rng)]
         loss = _run_epoch(tagger, examples, batches, opt, sched, progress, epoch)
         f1 = _dev_f1(tagger, dev)
+        report = run.report
         report.loss_by_epoch.append(round(loss, 4))
         report.dev_f1_by_epoch.append(round(f1, 4))
         report.epochs_run = epoch
         log.info("epoch %d: loss %.4f, dev MNER F1 %.4f", epoch, loss, f1)
         if on_epoch:
             on_epoch(epoch, loss, f1)
-        improved = not snapshots or f1 > snapshots[0].f1 or not dev
-        snapshots = sorted(snapshots + [_Snapshot(f1, epoch, copy.deepcopy(model.state_dict()))],
-                           key=lambda s: (-s.f1, -s.epoch) if dev else -s.epoch)[:max(1, cfg.soup)]
-        stale = 0 if improved else stale + 1
-        if stale >= cfg.patience:
+        improved = not run.snapshots or f1 > run.snapshots[0].f1 or not dev
+        run.snapshots = sorted(run.snapshots + [_Snapshot(f1, epoch, copy.deepcopy(model.state_dict()))],
+                               key=lambda s: (-s.f1, -s.epoch) if dev else -s.epoch)[:max(1, cfg.soup)]
+        run.stale = 0 if improved else run.stale + 1
+        if run.stale >= cfg.patience or epoch == cfg.epochs:
             break
-    report.best_epoch, report.best_dev_f1 = snapshots[0].epoch, snapshots[0].f1
-    report.soup_epochs, report.soup_dev_f1 = _greedy_soup(tagger, snapshots, dev)
+        if state_dir is not None and time.perf_counter() - saved_at >= cfg.checkpoint_seconds:
+            run.seconds = run.seconds_before + time.perf_counter() - t0
+            _save_state(state_dir, run, model, opt, sched)
+            saved_at = time.perf_counter()
+    report = run.report
+    report.best_epoch, report.best_dev_f1 = run.snapshots[0].epoch, run.snapshots[0].f1
+    report.soup_epochs, report.soup_dev_f1 = _greedy_soup(tagger, run.snapshots, dev)
     model.eval()
     # from here on, predictions run as they will after loading (ONNX Runtime, int8 if dev allows, by default)
     tagger.use_runtime((lambda: _dev_f1(tagger, dev)) if dev else None)
-    report.seconds = round(time.perf_counter() - t0, 1)
+    report.seconds = round(run.seconds_before + time.perf_counter() - t0, 1)
     return tagger, report
+
+
+_STATE = "training.pt"
+
+
+@dataclass
+class _Run:
+    """What a training carries from epoch to epoch, beside the weights, optimiser and schedule."""
+
+    report: TrainReport
+    rng: random.Random  # batch order
+    snapshots: list = field(default_factory=list)  # the best epochs so far (_Snapshot), best first
+    stale: int = 0  # epochs since dev F1 last rose
+    seconds_before: float = 0.0  # spent by earlier, killed runs of this training
+    seconds: float = 0.0
+
+
+def _save_state(folder: Path, run: _Run, model: TaggerModel, opt, sched) -> None:
+    """Everything the next epoch depends on, random streams included, written atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"report": run.report.as_dict(), "rng": run.rng.getstate(), "stale": run.stale, "seconds": run.seconds,
+             "snapshots": [(s.f1, s.epoch, s.state) for s in run.snapshots], "model": model.state_dict(),
+             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "random": (random.getstate(), np.random.get_state(), torch.get_rng_state())}
+    tmp = folder / f".{_STATE}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / _STATE)
+
+
+def _resumed(folder: Path, model: TaggerModel, opt, sched) -> _Run:
+    """The run saved by _save_state, with the model, optimiser, schedule and random streams put back."""
+    path = folder / _STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: Python random states
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise ConfigError(f"{path}: a damaged training state ({type(exc).__name__}); delete the folder "
+                          f"{folder} to start over") from None
+    py, np_state, torch_state = state["random"]
+    random.setstate(py)
+    np.random.set_state(np_state)
+    torch.set_rng_state(torch_state)
+    rng = random.Random()
+    rng.setstate(state["rng"])
+    report = TrainReport(**state["report"])
+    report.resumed_after_epoch = report.epochs_run
+    log.info("training resumed after epoch %d (%s)", report.epochs_run, path)
+    return _Run(report, rng, [_Snapshot(*s) for s in state["snapshots"]], state["stale"], state["seconds"])
 
 
 @dataclass(frozen=True)
