@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from refineg.data import load_samples, read_ids, save_samples  # noqa: E402
 from refineg.tagger.tagger import Tagger  # noqa: E402
-from refineg.trainstate import STATE  # noqa: E402
+from refineg.trainstate import STATE, Checkpoints  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/twitter-gmner"
 REFINEG = str(Path(sys.executable).parent / "refineg")
@@ -40,7 +40,7 @@ def killed_after_first_stage(cmd: list[str], out: Path) -> float:
     """Seconds the run lived: killed once its first stage is saved."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (out.parent / f".{out.name}.work" / "stage-000" / STATE).is_file():
+    while not (Checkpoints(out, "").stage(0) / STATE).is_file():
         if proc.poll() is not None:
             raise SystemExit("the run ended before its first stage was saved")
         time.sleep(0.2)

@@ -94,13 +94,17 @@ class Checkpoints:
         tagger.precision_check = state.precision_check
         return tagger, state
 
+    def stage(self, stage: int) -> Path:
+        """The folder of finished stage ``stage`` (complete once it holds STATE)."""
+        return self.folder / f"stage-{stage:03d}"
+
     def epochs(self, stage: int) -> Path:
         """Where the training that makes stage ``stage`` keeps its epoch state."""
         return self.folder / f"epochs-{stage:03d}"
 
     def save(self, tagger: Tagger, state: TrainingState) -> None:
         """Save a finished stage: the tagger, then its state (the mark of a complete stage); its epoch state goes."""
-        stage = self.folder / f"stage-{len(state.rounds):03d}"
+        stage = self.stage(len(state.rounds))
         tagger.save(stage)
         tmp = Path(tempfile.mkstemp(dir=stage, prefix=".state-")[1])
         tmp.write_text(json.dumps(asdict(state), indent=1))

@@ -173,8 +173,7 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
         if run.stale >= cfg.patience or epoch == cfg.epochs:
             break
         if state_dir is not None and time.perf_counter() - saved_at >= cfg.checkpoint_seconds:
-            run.seconds = run.seconds_before + time.perf_counter() - t0
-            _save_state(state_dir, run, model, opt, sched)
+            _save_state(state_dir, run, model, opt, sched, run.seconds_before + time.perf_counter() - t0)
             saved_at = time.perf_counter()
     report = run.report
     report.best_epoch, report.best_dev_f1 = run.snapshots[0].epoch, run.snapshots[0].f1
@@ -198,13 +197,13 @@ class _Run:
     snapshots: list = field(default_factory=list)  # the best epochs so far (_Snapshot), best first
     stale: int = 0  # epochs since dev F1 last rose
     seconds_before: float = 0.0  # spent by earlier, killed runs of this training
-    seconds: float = 0.0
 
 
-def _save_state(folder: Path, run: _Run, model: TaggerModel, opt, sched) -> None:
-    """Everything the next epoch depends on, random streams included, written atomically."""
+def _save_state(folder: Path, run: _Run, model: TaggerModel, opt, sched, seconds: float) -> None:
+    """Everything the next epoch depends on, random streams included, and the seconds spent so far, written
+    atomically."""
     folder.mkdir(parents=True, exist_ok=True)
-    state = {"report": run.report.as_dict(), "rng": run.rng.getstate(), "stale": run.stale, "seconds": run.seconds,
+    state = {"report": run.report.as_dict(), "rng": run.rng.getstate(), "stale": run.stale, "seconds": seconds,
              "snapshots": [(s.f1, s.epoch, s.state) for s in run.snapshots], "model": model.state_dict(),
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "random": (random.getstate(), np.random.get_state(), torch.get_rng_state())}
