@@ -1,9 +1,10 @@
 import json
+import re
 
 import pytest
 
 from refineg.data import load_samples, read_predictions, save_samples
-from refineg.data.jsonl import write_jsonl
+from refineg.data.jsonl import read_posts, write_jsonl
 from refineg.errors import DataError
 from refineg.types import Box, Entity, Prediction, Sample
 
@@ -74,3 +75,24 @@ def test_predictions_from_other_systems_may_name_their_own_source(tmp_path):
     g = _write(tmp_path, json.dumps({"id": "a", "tokens": ["x"], "entities": [{"start": 0, "end": 1, "type": "PER", "source": "h-index"}]}))
     with pytest.raises(DataError, match="unknown source"):
         load_samples(g)
+
+
+def test_unlabeled_posts_need_no_id_and_their_entities_are_not_read(tmp_path):
+    f = _write(tmp_path, json.dumps({"tokens": ["Obama", "in", "Paris"], "image": "x.jpg"}),
+               json.dumps({"id": 9, "text": "RT @a : hi", "entities": [{"type": "PER", "start": 5, "end": 2}]}),
+               "", json.dumps({"text": "again", "entities": "not even a list", "lang": "en"}))
+    assert read_posts(f) == [Sample("unlabeled-1", ("Obama", "in", "Paris")),
+                             Sample("9", ("RT", "@", "a", ":", "hi"), raw_text="RT @a : hi"),
+                             Sample("unlabeled-4", ("again",), raw_text="again")]
+
+
+@pytest.mark.parametrize("line, words", [
+    ('{"tokens": "Obama in Paris"}', "tokens: input should be a valid list"),
+    ('{"id": "p1", "image": "x.jpg"}', "a post needs tokens or text"),
+    ('{"tokens": ["a", 3]}', "tokens.1: input should be a valid string"),
+    ('{"tokens": ["a"]', "broken JSON"),
+])
+def test_a_bad_unlabeled_post_names_file_and_line(tmp_path, line, words):
+    f = _write(tmp_path, '{"text": "fine"}', line)
+    with pytest.raises(DataError, match=rf"d\.jsonl:2: {re.escape(words)}"):
+        read_posts(f)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..types import Sample
 from .ccks import read_ccks, write_ccks
-from .jsonl import read_jsonl, read_predictions, write_jsonl
+from .jsonl import read_jsonl, read_posts, read_predictions, write_jsonl
 from .textio import text_lines
 from .twitter_gmner import read_twitter, write_twitter
 
@@ -79,12 +80,16 @@ def load_samples(path: str | Path, ids: list[str] | None = None) -> list[Sample]
 
 
 def load_unlabeled(path: str | Path) -> list[Sample]:
-    """Posts without labels: any supported input (its entities dropped), or plain text with one post per
-    line (a ``.txt`` that is not a Twitter-GMNER split), tokenised the Twitter-GMNER way."""
+    """Posts without labels: JSONL (tokens or text; ids optional, entities not read), any other supported
+    input (its entities dropped), or plain text with one post per line (a ``.txt`` that is not a
+    Twitter-GMNER split), tokenised the Twitter-GMNER way. A text file of JSON objects is read as JSONL."""
     from .tokenize import tokenize
 
     path = Path(path)
-    if path.is_file() and path.suffix not in (".jsonl", ".json") and not _looks_like_a_split(path):
+    kind = _unlabeled_kind(path)
+    if kind == "jsonl":
+        posts = read_posts(path)
+    elif kind == "text":
         posts = [Sample(f"unlabeled-{n}", tuple(tokenize(line.strip())), raw_text=line.strip())
                  for n, line in text_lines(path) if line.strip()]
     else:
@@ -94,12 +99,19 @@ def load_unlabeled(path: str | Path) -> list[Sample]:
     return posts
 
 
-def _looks_like_a_split(path: Path) -> bool:
-    """True when the first non-blank line of a text file opens a Twitter-GMNER sample."""
-    for _, line in text_lines(path):
-        if line.strip():
-            return line.startswith("IMGID:")
-    return False
+def _unlabeled_kind(path: Path) -> str:
+    """``jsonl``, ``text`` or ``dataset`` (a Twitter-GMNER split, a CCKS folder), from the suffix and first line."""
+    if not path.is_file():
+        return "dataset"
+    if path.suffix in (".jsonl", ".json"):
+        return "jsonl"
+    first = next((line.strip() for _, line in text_lines(path) if line.strip()), "")
+    if first.startswith("IMGID:"):
+        return "dataset"
+    try:
+        return "jsonl" if isinstance(json.loads(first), dict) else "text"
+    except ValueError:
+        return "text"
 
 
 def output_format(path: str | Path, fmt: str | None = None) -> str:

@@ -53,6 +53,16 @@ class _Record(BaseModel):
     maybe_missing: bool = False
 
 
+class _PostRecord(BaseModel):
+    """One unlabeled post: tokens or text; its id is optional and anything else on the line (entities too) unread."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    id: str | int | None = None
+    tokens: list[str] | None = None
+    text: str | None = None
+
+
 def _describe(exc: ValidationError) -> str:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(line)"
@@ -61,8 +71,8 @@ def _describe(exc: ValidationError) -> str:
     return f"{loc}: {first['msg'].lower()} (got {shown})"
 
 
-def iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; DataError on broken JSON."""
+def iter_json_lines(path: Path, need_id: bool = True) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; DataError on broken JSON (and on a missing id, if needed)."""
     for lineno, line in text_lines(path):
         if not line.strip():
             continue
@@ -74,7 +84,7 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
             raise DataError(str(exc), path, lineno) from None
         if not isinstance(obj, dict):
             raise DataError("a line must hold one JSON object", path, lineno)
-        if obj.get("id") in (None, ""):
+        if need_id and obj.get("id") in (None, ""):
             raise DataError("sample without an id", path, lineno)
         yield lineno, obj
 
@@ -154,6 +164,26 @@ def read_jsonl(path: str | Path) -> list[Sample]:
             id=sid, tokens=tokens, entities=ents, image=rec.image, image_size=size,
             raw_text=rec.text, meta={k: v for k, v in obj.items() if k not in _SAMPLE_KEYS},
         ))
+    return out
+
+
+def read_posts(path: str | Path) -> list[Sample]:
+    """Unlabeled posts of a JSONL file: tokens (or text, tokenised), the id when there is one (else
+    ``unlabeled-LINE``); entities and other fields are not read, so they cannot be wrong."""
+    from .tokenize import tokenize
+
+    path = Path(path)
+    out = []
+    for lineno, obj in iter_json_lines(path, need_id=False):
+        try:
+            rec = _PostRecord.model_validate(obj)
+        except ValidationError as exc:
+            raise DataError(_describe(exc), path, lineno) from None
+        if rec.tokens is None and rec.text is None:
+            raise DataError("a post needs tokens or text", path, lineno)
+        tokens = tuple(rec.tokens) if rec.tokens is not None else tuple(tokenize(rec.text))
+        sid = f"unlabeled-{lineno}" if rec.id in (None, "") else str(rec.id)
+        out.append(Sample(id=sid, tokens=tokens, raw_text=rec.text))
     return out
 
 
