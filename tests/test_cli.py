@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REFINEG = [str(Path(sys.executable).parent / "refineg")]
 
 
@@ -79,6 +81,13 @@ def test_train_then_predict_through_the_cli(twitter_train, twitter_dev, tmp_path
     res = _run("predict", "--model", tmp_path / "m", "--data", tmp_path / "dev.jsonl", "--out", tmp_path / "p.jsonl", "--quiet")
     assert res.returncode == 0, res.stderr
     assert "the gate keeps every entity" in res.stdout
+    assert "(model: 30 labelled only)" in res.stdout  # every figure says which setting's model made it
+    summary = json.loads((tmp_path / "p.jsonl.summary.json").read_text())
+    assert summary["model_setting"] == "30 labelled only" and summary["samples"] == 20
+    assert summary["mner"]["f1"] == pytest.approx(float(res.stdout.split("F1 ")[1].split()[0]), abs=1e-4)
+    res = _run("report", tmp_path / "p.jsonl", "--gold", tmp_path / "dev.jsonl", "--out", tmp_path / "report")
+    assert res.returncode == 0, res.stderr
+    assert "model: 30 labelled only" in (tmp_path / "report" / "index.html").read_text()
     lines = [json.loads(l) for l in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(lines) == 20
     for line in lines:

@@ -14,7 +14,7 @@ from PIL import Image
 from refineg.config import LLMConfig, RunConfig
 from refineg.data import save_samples
 from refineg.errors import DataError
-from refineg.pipeline import RunOptions, run_pipeline
+from refineg.pipeline import RunOptions, model_setting, run_pipeline
 from refineg.testing.fake_openai import FakeOpenAIServer, Reply
 
 REFINEG = str(Path(sys.executable).parent / "refineg")
@@ -52,7 +52,8 @@ def test_without_an_llm_the_tagger_and_gate_run_alone(tiny_model, data_dir):
     assert [l["id"] for l in lines] == [s.id for s in dev]
     assert all(e["boxes"] == [] and e["decision"] == "keep" for l in lines for e in l["entities"])
     assert "no LLM configured" in summary["notes"][0] and summary["delegated_entities"] == 0
-    assert json.loads((data_dir / "p.jsonl.summary.json").read_text())["processed"] == len(dev)
+    written = json.loads((data_dir / "p.jsonl.summary.json").read_text())
+    assert written["processed"] == len(dev) and written["model_setting"] == "80 labelled only"
 
 
 def test_scripted_mllm_refines_grounds_and_counts_missing_images(tiny_model, data_dir):
@@ -248,3 +249,11 @@ def test_posts_the_groundability_model_rules_out_get_no_grounding_call(tiny_mode
     assert len(local) == skipped and all(not r["delegated"] for r in local)
     assert all(e["boxes"] == [] for r in local for e in r["entities"])
     assert grounded_ids
+
+
+def test_a_model_folder_without_a_recorded_setting_says_so(tiny_model, tmp_path):
+    model, _, _ = tiny_model
+    assert model_setting(model) == "80 labelled only"
+    (tmp_path / "meta.json").write_text('{"train": {}}')
+    assert model_setting(tmp_path) == "training setting not recorded in meta.json"
+    assert model_setting(tmp_path / "nowhere") == "training setting not recorded in meta.json"

@@ -398,9 +398,10 @@ def predict(
         out.print(f"gate: {n_del} entities delegated, {n_flag} samples sent to the MLLM")
     if result.mner:
         m, g = result.mner, result.gate
-        out.print(f"MNER  P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}")
+        out.print(f"MNER  P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}  (model: {result.setting})",
+                  soft_wrap=True)
         out.print(f"score AUROC {g['auroc']:.4f}; at the calibrated threshold {g['delegation_rate']:.1%} delegated, "
-                  f"catching {g['errors_caught']:.1%} of wrong entities")
+                  f"catching {g['errors_caught']:.1%} of wrong entities", soft_wrap=True)
 
 
 def _runtime_line(rt: dict) -> str:
@@ -527,6 +528,8 @@ def ground(
 def _print_run(summary: dict, out_path: Path) -> None:
     """The end of a run: counts and notes; exit 1 when every LLM call failed."""
     out.print(f"{summary['processed']} samples processed ({summary['resumed_done']} already done) -> {out_path}")
+    if "model_setting" in summary:
+        out.print(f"model: {summary['model_setting']}", soft_wrap=True)
     c = summary["calls_per_sample"]
     if summary["llm_calls"]["attempted"]:
         cost = summary["llm"].get("total", {}).get("cost", 0.0)
@@ -586,7 +589,7 @@ def report(
 ) -> None:
     """Write a self-contained HTML report: metrics, charts, and every sample with its boxes."""
     from .data import load_samples, read_predictions
-    from .report import build_report
+    from .report import build_report, predictions_setting
 
     from .data.textio import check_output
 
@@ -594,7 +597,7 @@ def report(
     preds = read_predictions(pred)
     gold_samples = load_samples(gold) if gold else None
     folders = list(images or []) + [pred.parent]
-    index = build_report(preds, gold_samples, out_dir, folders, title)
+    index = build_report(preds, gold_samples, out_dir, folders, title, predictions_setting(pred))
     out.print(f"report: {index}")
 
 
@@ -615,8 +618,8 @@ def demo(
     t0 = time.perf_counter()
     f = run_demo(out_dir, cfg, progress=not quiet)
     out.print(f"[bold]refineg demo[/] on {f['data']}")
-    out.print(f"tagger: {'trained' if f['trained'] else 'reused'} ({f['train_seconds']:.0f} s); "
-              f"{f['samples']} samples run through the pipeline")
+    out.print(f"tagger: {'trained' if f['trained'] else 'reused'} ({f['train_seconds']:.0f} s; "
+              f"{f['pipeline']['model_setting']}); {f['samples']} samples run through the pipeline", soft_wrap=True)
     for m in ("mner", "gmner", "eeg"):
         out.print(f"  {m.upper():<6} P {f[m]['precision']:.4f}  R {f[m]['recall']:.4f}  F1 {f[m]['f1']:.4f}")
     g = f["gate"]

@@ -97,7 +97,7 @@ def run_demo(out: Path, cfg: RunConfig, progress: bool = True) -> dict:
     scores = score(data.run, preds)
     gate = GateCalibration.load(model_dir)
     index = build_report(preds, data.run, out / "report", [data.images] if data.images else [],
-                         title=f"refineg demo on {data.name}")
+                         title=f"refineg demo on {data.name}", setting=summary["model_setting"])
     figures = {
         "data": data.name, "trained": trained, "train_seconds": round(t_train, 1),
         "samples": len(data.run), **{m: scores.overall[m].as_dict() for m in ("gmner", "mner", "eeg")},

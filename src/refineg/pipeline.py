@@ -16,6 +16,7 @@ from .config import RunConfig, default_cache_dir
 from .data import load_samples
 from .data.images import find_image
 from .data.jsonl import write_jsonl
+from .data.textio import atomic_open
 from .errors import DataError
 from .eval.metrics import score
 from .gate import GateCalibration, apply_gate, calibrate, fit_score_model, gate_figures, rescored
@@ -167,6 +168,13 @@ class TagResult:
     gate: dict | None
     gate_active: bool
     sentences_per_s: float
+    setting: str  # the model's training setting: the figures above are that model's
+
+    def summary(self) -> dict:
+        """What `refineg predict` writes beside its output: counts, the model's setting and, with gold, its figures."""
+        return {"samples": len(self.predictions), "entities": sum(len(p.entities) for p in self.predictions),
+                "model_setting": self.setting, "mner": self.mner, "gate": self.gate, "gate_active": self.gate_active,
+                "sentences_per_s": round(self.sentences_per_s, 1)}
 
 
 def tag_samples(model_dir: str | Path, samples: Sequence[Sample], cfg: RunConfig, mc_samples: int = 0,
@@ -177,7 +185,7 @@ def tag_samples(model_dir: str | Path, samples: Sequence[Sample], cfg: RunConfig
 
 
 def _tag_and_gate(tagger: Tagger, gate: GateCalibration, samples: Sequence[Sample], cfg: RunConfig, mc_samples: int,
-                  progress: bool) -> TagResult:
+                  progress: bool, setting: str) -> TagResult:
     t0 = time.perf_counter()
     tagged = tagger.predict_detailed(samples, mc_samples=mc_samples, progress=progress)
     speed = len(samples) / max(1e-9, time.perf_counter() - t0)
@@ -189,15 +197,22 @@ def _tag_and_gate(tagger: Tagger, gate: GateCalibration, samples: Sequence[Sampl
     has_gold = any(s.entities for s in samples)
     mner = score(samples, preds).overall["mner"].as_dict() if has_gold else None
     figures = gate_figures(preds, samples, gate.threshold, gate.missing_threshold) if has_gold else None
-    return TagResult(preds, mner, figures, cfg.llm.configured, speed)
+    return TagResult(preds, mner, figures, cfg.llm.configured, speed, setting)
 
 
 def predict_file(model_dir: str | Path, data: str | Path, out: str | Path, cfg: RunConfig, ids: list[str] | None = None,
                  mc_samples: int = 0, progress: bool = True) -> TagResult:
-    """Tag a data file and write the predictions as canonical JSONL."""
+    """Tag a data file and write the predictions as canonical JSONL, and their summary beside them."""
     result = tag_samples(model_dir, load_samples(data, ids), cfg, mc_samples, progress)
     write_jsonl(result.predictions, out)
+    with atomic_open(summary_path(out)) as fh:
+        json.dump(result.summary(), fh, indent=1)
     return result
+
+
+def summary_path(out: str | Path) -> Path:
+    """Where the summary of the predictions in out is written: out + ``.summary.json``."""
+    return Path(str(out) + ".summary.json")
 
 
 # ---- the full run: tag, gate, refine, select demos, ground, write (resumable) --------------------
@@ -335,7 +350,7 @@ def run_pipeline(model_dir: str | Path, data: str | Path, out: str | Path, cfg: 
     options = replace(options, images=tuple(_folders(options.images, data)))
     with Pipeline(model_dir, cfg, options) as nlp:
         return _stream(data, out, cfg, options, lambda todo: nlp.tag(todo, progress=options.progress).predictions,
-                       nlp.stages)
+                       nlp.stages, nlp.setting)
 
 
 def ground_file(data: str | Path, out: str | Path, cfg: RunConfig, options: RunOptions = RunOptions()) -> dict:
@@ -362,13 +377,24 @@ def load_groundability(model_dir: str | Path, cfg: RunConfig):
     return groundability.at_recall(cfg.ground.groundability_recall) if groundability else None
 
 
+def model_setting(model_dir: str | Path) -> str:
+    """What a model was trained on, as `refineg train` recorded it (e.g. "500 labelled only"), so that
+    every figure made with it can say which setting it belongs to."""
+    try:
+        setting = json.loads((Path(model_dir) / "meta.json").read_text(encoding="utf-8")).get("setting")
+    except (OSError, ValueError, AttributeError):
+        setting = None
+    return setting if isinstance(setting, str) and setting else "training setting not recorded in meta.json"
+
+
 def model_types(model_dir: str | Path) -> tuple[str, ...]:
     from .tagger.tagger import read_labels
 
     return tuple(sorted({lab[2:] for lab in read_labels(model_dir) if lab != "O"}))
 
 
-def _stream(data, out, cfg: RunConfig, options: RunOptions, predict, stages: _LLMStages) -> dict:
+def _stream(data, out, cfg: RunConfig, options: RunOptions, predict, stages: _LLMStages,
+            setting: str | None = None) -> dict:
     from .data.jsonl import append_jsonl
 
     out = Path(out)
@@ -391,16 +417,19 @@ def _stream(data, out, cfg: RunConfig, options: RunOptions, predict, stages: _LL
                     p = stages.mark(p, "no_llm")
                 append_jsonl(p, fh)
     return finish_run(out, samples, finished, preds, counts, timings, stages.usage(), stages.notes, cfg,
-                      stages.groundability, {"name": "local"})
+                      stages.groundability, {"name": "local"}, setting)
 
 
 def finish_run(out: Path, samples, finished, tagged, counts, timings, usage, notes, cfg: RunConfig, groundability,
-               engine: dict) -> dict:
-    """The run's summary, written beside out (earlier runs' kept under "history") and returned."""
+               engine: dict, setting: str | None) -> dict:
+    """The run's summary, written beside out (earlier runs' kept under "history") and returned; ``setting``
+    is the model's training setting (None when no model tagged, as in `refineg ground`)."""
     summary = _summary(samples, finished, tagged, counts, timings, usage, notes, cfg)
+    if setting is not None:
+        summary["model_setting"] = setting
     summary["groundability"] = _groundability_summary(groundability, cfg, counts)
     summary["engine"] = engine
-    _write_summary(Path(str(out) + ".summary.json"), summary)
+    _write_summary(summary_path(out), summary)
     return summary
 
 
@@ -696,6 +725,7 @@ class Pipeline:
         self.gate = GateCalibration.load(model_dir)
         self.groundability = load_groundability(model_dir, self.cfg)
         self.types = model_types(model_dir)
+        self.setting = model_setting(model_dir)
         self._stages: _LLMStages | None = None
         self._tag_lock = threading.Lock()  # one tagging batch at a time (PyTorch and the spaCy memo are shared)
         self._open_lock = threading.Lock()
@@ -721,7 +751,7 @@ class Pipeline:
     def tag(self, samples: Sequence[Sample], mc_samples: int = 0, progress: bool = False) -> TagResult:
         """Tagger and gate only: every entity with a score and a keep/delegate decision."""
         with self._tag_lock:
-            return _tag_and_gate(self.tagger, self.gate, samples, self.cfg, mc_samples, progress)
+            return _tag_and_gate(self.tagger, self.gate, samples, self.cfg, mc_samples, progress, self.setting)
 
     def process(self, samples: Sequence[Sample], preds: Sequence[Prediction] | None = None) -> list[Prediction]:
         """The whole pipeline for samples (given predictions skip the tagger): tag, gate, refine, ground."""

@@ -41,7 +41,7 @@ from .data.jsonl import json_line
 from .data.textio import atomic_open
 from .errors import ConfigError, RefinegError
 from .pipeline import (RunOptions, DemoIndex, Pipeline, _folders, _Images, _LLMStages, done_ids, finish_run,
-                       load_groundability, model_types, output_rows)
+                       load_groundability, model_setting, model_types, output_rows)
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def run_ray(model_dir: str | Path, data: str | Path, out: str | Path, cfg: RunCo
     engine = {"name": "ray", "address": where, "tagger_actors": cfg.ray.tagger_actors,
               "llm_actors": _llm_actors(cfg), "llm_concurrency_per_actor": _per_actor(cfg)}
     return finish_run(out, samples, finished, tagged, counts, timings, usage, notes, cfg,
-                      load_groundability(model_dir, cfg), engine)
+                      load_groundability(model_dir, cfg), engine, model_setting(model_dir))
 
 
 def _configure(ray, progress: bool) -> None:

@@ -80,6 +80,7 @@ def test_concurrent_answers_equal_refineg_predict(service, tiny_model, tmp_path)
         assert set(a["timings"]) == {"tag_ms", "llm_ms", "total_ms"}
     health = httpx.get(f"{service.url}/healthz").json()
     assert health["status"] == "ok" and health["llm_configured"] is False
+    assert health["model_setting"] == "80 labelled only"
     assert health["mean_batch_size"] > 1  # concurrent posts were tagged together
 
 

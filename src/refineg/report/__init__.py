@@ -75,9 +75,18 @@ def _metrics_html(gold: Sequence[Sample], preds: Sequence[Prediction]) -> str:
             f"<th>pred</th><th>gold</th></tr>{body}</table>")
 
 
+def predictions_setting(pred: str | Path) -> str | None:
+    """The model setting that `refineg predict` or `run` recorded beside a predictions file, if any."""
+    try:
+        setting = json.loads(Path(str(pred) + ".summary.json").read_text(encoding="utf-8")).get("model_setting")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return setting if isinstance(setting, str) else None
+
+
 def build_report(preds: Sequence[Prediction], gold: Sequence[Sample] | None, out_dir: str | Path,
-                 images: Sequence[Path] = (), title: str = "") -> Path:
-    """Write out_dir/index.html and return its path."""
+                 images: Sequence[Path] = (), title: str = "", setting: str | None = None) -> Path:
+    """Write out_dir/index.html and return its path; ``setting`` (the model's training setting) heads the figures."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     by_id = {g.id: g for g in gold or ()}
@@ -101,7 +110,8 @@ def build_report(preds: Sequence[Prediction], gold: Sequence[Sample] | None, out
     page = with_renderer(TEMPLATE.read_text(encoding="utf-8"))
     data = json.dumps({"samples": views, "colors": colors}, ensure_ascii=False).replace("</", "<\\/")
     legend = " ".join(f'<span><b style="color:{c}">&#9632;</b> {html.escape(t)}</span>' for t, c in colors.items())
-    page = (page.replace("__SUBTITLE__", html.escape(title or f"{len(preds)} samples"))
+    subtitle = (title or f"{len(preds)} samples") + (f" · model: {setting}" if setting else "")
+    page = (page.replace("__SUBTITLE__", html.escape(subtitle))
                 .replace("__METRICS__", _metrics_html(gold, preds) if gold else "")
                 .replace("__CHARTS__", charts)
                 .replace("__LEGEND__", legend)

@@ -134,8 +134,8 @@ def create_app(nlp, api_key_env: str | None = None, max_body: int = MAX_BODY, ba
     def healthz() -> dict:
         """Liveness and what the service runs: model, LLM, uptime and request counts."""
         llm = nlp.cfg.llm
-        return {"status": "ok", "model": str(nlp.model_dir), "llm_configured": llm.configured,
-                "llm_model": llm.model if llm.configured else None, "uptime_s": round(time.time() - started, 1),
+        return {"status": "ok", "model": str(nlp.model_dir), "model_setting": nlp.setting,
+                "llm_configured": llm.configured, "llm_model": llm.model if llm.configured else None, "uptime_s": round(time.time() - started, 1),
                 "requests": {k: stats[k] for k in ("total", "ok", "client_errors", "server_errors")},
                 "tagger_batches": batcher.batches, "mean_batch_size": round(batcher.items / max(1, batcher.batches), 2)}
 
