@@ -14,7 +14,7 @@ from PIL import Image
 from refineg.config import LLMConfig, RunConfig
 from refineg.data import save_samples
 from refineg.errors import DataError
-from refineg.pipeline import RunOptions, model_setting, run_pipeline
+from refineg.pipeline import RunOptions, model_setting, predict_file, run_pipeline
 from refineg.testing.fake_openai import FakeOpenAIServer, Reply
 
 REFINEG = str(Path(sys.executable).parent / "refineg")
@@ -257,3 +257,44 @@ def test_a_model_folder_without_a_recorded_setting_says_so(tiny_model, tmp_path)
     (tmp_path / "meta.json").write_text('{"train": {}}')
     assert model_setting(tmp_path) == "training setting not recorded in meta.json"
     assert model_setting(tmp_path / "nowhere") == "training setting not recorded in meta.json"
+
+
+def test_a_killed_predict_resumes_from_its_partial_file_to_the_same_output(tiny_model, data_dir, monkeypatch):
+    import refineg.pipeline as pl
+
+    model, _, dev = tiny_model
+    whole = predict_file(model, data_dir / "dev.jsonl", data_dir / "whole.jsonl", RunConfig(), progress=False)
+    monkeypatch.setattr(pl, "PREDICT_CHUNK", 15)
+    real_tag, chunks = pl.Pipeline.tag, []
+
+    def tag(self, samples, *args, **kw):
+        chunks.append(len(samples))
+        if kill_at == len(chunks):
+            raise KeyboardInterrupt  # killed while tagging this chunk
+        return real_tag(self, samples, *args, **kw)
+
+    monkeypatch.setattr(pl.Pipeline, "tag", tag)
+    out, partial = data_dir / "p.jsonl", data_dir / ".p.jsonl.partial"
+    kill_at = 2
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(model, data_dir / "dev.jsonl", out, RunConfig(), progress=False)
+    assert not out.exists() and len(partial.read_text().splitlines()) == 15
+    with partial.open("a") as fh:
+        fh.write('{"id": "half a li')  # the kill came in the middle of a line
+    chunks.clear()
+    kill_at = None
+    res = predict_file(model, data_dir / "dev.jsonl", out, RunConfig(), progress=False)
+    assert chunks == [15, len(dev) - 30] and res.resumed == 15
+    assert out.read_text() == (data_dir / "whole.jsonl").read_text()
+    assert res.mner == whole.mner and res.gate == whole.gate
+    assert not partial.exists() and not (data_dir / ".p.jsonl.partial.key").exists()
+
+
+def test_a_partial_predict_file_of_other_settings_is_not_resumed(tiny_model, data_dir):
+    model, _, dev = tiny_model
+    (data_dir / ".p.jsonl.partial").write_text('{"id": "%s", "entities": []}\n' % dev[0].id)
+    (data_dir / ".p.jsonl.partial.key").write_text("another model, data or settings")
+    res = predict_file(model, data_dir / "dev.jsonl", data_dir / "p.jsonl", RunConfig(), progress=False)
+    again = predict_file(model, data_dir / "dev.jsonl", data_dir / "q.jsonl", RunConfig(), progress=False)
+    assert res.resumed == 0 and res.predictions == again.predictions
+    assert not (data_dir / ".p.jsonl.partial").exists()

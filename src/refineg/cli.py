@@ -389,6 +389,8 @@ def predict(
         out.print("note: predict tags the text only; the images are used by `refineg run` and `refineg ground`")
     result = predict_file(model, data, out_path, cfg, read_ids(ids) if ids else None, mc_samples, progress=not quiet)
     n_ent = sum(len(p.entities) for p in result.predictions)
+    if result.resumed:
+        out.print(f"resumed: {result.resumed} samples were tagged by an interrupted run of this command")
     out.print(f"tagged {len(result.predictions)} samples ({result.sentences_per_s:.0f}/s), {n_ent} entities -> {out_path}")
     if not result.gate_active:
         out.print("no LLM configured: the gate keeps every entity (scores are still written)")

@@ -169,12 +169,13 @@ class TagResult:
     gate_active: bool
     sentences_per_s: float
     setting: str  # the model's training setting: the figures above are that model's
+    resumed: int = 0  # predictions an interrupted run of the same command had already made
 
     def summary(self) -> dict:
         """What `refineg predict` writes beside its output: counts, the model's setting and, with gold, its figures."""
         return {"samples": len(self.predictions), "entities": sum(len(p.entities) for p in self.predictions),
                 "model_setting": self.setting, "mner": self.mner, "gate": self.gate, "gate_active": self.gate_active,
-                "sentences_per_s": round(self.sentences_per_s, 1)}
+                "sentences_per_s": round(self.sentences_per_s, 1), "resumed": self.resumed}
 
 
 def tag_samples(model_dir: str | Path, samples: Sequence[Sample], cfg: RunConfig, mc_samples: int = 0,
@@ -194,20 +195,102 @@ def _tag_and_gate(tagger: Tagger, gate: GateCalibration, samples: Sequence[Sampl
         preds = [p.with_(meta={**p.meta, "mc_dropout_scores": [round(s.mc_dropout, 6) for s in t.scores]})
                  for p, t in zip(preds, tagged)]
     preds = apply_gate(preds, gate, cfg.llm.configured)
+    return _tag_result(preds, samples, gate, cfg, speed, setting)
+
+
+def _tag_result(preds: list[Prediction], samples: Sequence[Sample], gate: GateCalibration, cfg: RunConfig,
+                speed: float, setting: str) -> TagResult:
+    """Gated predictions with their MNER and gate figures when the samples have gold entities."""
     has_gold = any(s.entities for s in samples)
     mner = score(samples, preds).overall["mner"].as_dict() if has_gold else None
     figures = gate_figures(preds, samples, gate.threshold, gate.missing_threshold) if has_gold else None
     return TagResult(preds, mner, figures, cfg.llm.configured, speed, setting)
 
 
+PREDICT_CHUNK = 4096  # posts tagged between two saves of a predict run's progress
+
+
 def predict_file(model_dir: str | Path, data: str | Path, out: str | Path, cfg: RunConfig, ids: list[str] | None = None,
                  mc_samples: int = 0, progress: bool = True) -> TagResult:
-    """Tag a data file and write the predictions as canonical JSONL, and their summary beside them."""
-    result = tag_samples(model_dir, load_samples(data, ids), cfg, mc_samples, progress)
+    """Tag a data file and write the predictions as canonical JSONL, and their summary beside them.
+
+    Out appears only complete. Until then the predictions go, a chunk at a time, to a partial file beside
+    it, and a killed run's rerun (same model, data and settings) goes on from there.
+    """
+    out, samples = Path(out), load_samples(data, ids)
+    with Pipeline(model_dir, cfg) as nlp:
+        partial = _PartialPredictions(out, _predict_key(nlp, samples, mc_samples))
+        done = partial.resume()
+        todo = [s for s in samples if s.id not in done]
+        t0 = time.perf_counter()
+        for k in range(0, len(todo), PREDICT_CHUNK):
+            partial.append(nlp.tag(todo[k:k + PREDICT_CHUNK], mc_samples, progress).predictions)
+        speed = len(todo) / max(1e-9, time.perf_counter() - t0) if todo else 0.0
+        by_id = {**done, **{p.id: p for p in partial.fresh}}
+        result = replace(_tag_result([by_id[s.id] for s in samples], samples, nlp.gate, cfg, speed, nlp.setting),
+                         resumed=len(done))
     write_jsonl(result.predictions, out)
     with atomic_open(summary_path(out)) as fh:
         json.dump(result.summary(), fh, indent=1)
+    partial.remove()
     return result
+
+
+def _predict_key(nlp: Pipeline, samples: Sequence[Sample], mc_samples: int) -> str:
+    """What a predict run's output depends on: the model (weights and gate), the samples and the settings."""
+    import hashlib
+
+    from .data.jsonl import json_line
+    from .tagger.tagger import weights_digest
+
+    h = hashlib.sha256(weights_digest(nlp.model_dir).encode())
+    h.update((nlp.model_dir / "gate.json").read_bytes())
+    h.update(nlp.cfg.model_dump_json(include={"tagger", "gate"}).encode())
+    h.update(f"{mc_samples} {nlp.cfg.llm.configured}".encode())
+    for s in samples:
+        h.update(json_line(s).encode())
+    return h.hexdigest()
+
+
+class _PartialPredictions:
+    """The predictions of an unfinished predict run, beside its output: ``.OUT.partial`` (JSONL, a chunk
+    appended and synced at a time) and ``.OUT.partial.key`` (what they were made from)."""
+
+    def __init__(self, out: Path, key: str):
+        self.path = out.with_name(f".{out.name}.partial")
+        self.key_path = out.with_name(f".{out.name}.partial.key")
+        self.key = key
+        self.fresh: list[Prediction] = []
+
+    def resume(self) -> dict[str, Prediction]:
+        """The predictions an interrupted run of the same key left (a half-written last line cut off); any
+        other partial file is removed."""
+        from .data import read_predictions
+
+        if self.path.is_file() and self.key_path.is_file() and self.key_path.read_text().strip() == self.key:
+            raw = self.path.read_bytes()
+            with self.path.open("r+b") as fh:
+                fh.truncate(raw.rfind(b"\n") + 1)
+            done = {p.id: p for p in read_predictions(self.path)} if self.path.stat().st_size else {}
+            return done
+        self.remove()
+        self.key_path.write_text(self.key)
+        return {}
+
+    def append(self, preds: list[Prediction]) -> None:
+        """Save a tagged chunk for good (flushed and synced) before the next one starts."""
+        from .data.jsonl import json_line
+
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write("".join(json_line(p) for p in preds))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.fresh.extend(preds)
+
+    def remove(self) -> None:
+        """Remove both files (once the output is written, or when they belong to another run)."""
+        self.path.unlink(missing_ok=True)
+        self.key_path.unlink(missing_ok=True)
 
 
 def summary_path(out: str | Path) -> Path:
