@@ -1,4 +1,4 @@
-"""The whole run: no LLM, a scripted MLLM over real HTTP, missing images, and resuming after a real kill."""
+"""The whole run and predict: no LLM, a scripted MLLM over real HTTP, missing images, and resuming after a real kill."""
 
 import json
 import os
@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from refineg.config import LLMConfig, RunConfig
-from refineg.data import save_samples
+from refineg.data import load_samples, save_samples
 from refineg.errors import DataError
-from refineg.pipeline import RunOptions, model_setting, predict_file, run_pipeline
+from refineg.pipeline import PREDICT_CHUNK, RunOptions, model_setting, predict_file, run_pipeline
 from refineg.testing.fake_openai import FakeOpenAIServer, Reply
 
 REFINEG = str(Path(sys.executable).parent / "refineg")
@@ -298,3 +298,31 @@ def test_a_partial_predict_file_of_other_settings_is_not_resumed(tiny_model, dat
     again = predict_file(model, data_dir / "dev.jsonl", data_dir / "q.jsonl", RunConfig(), progress=False)
     assert res.resumed == 0 and res.predictions == again.predictions
     assert not (data_dir / ".p.jsonl.partial").exists()
+
+
+def test_a_sigkilled_predict_process_resumes_and_writes_what_an_uninterrupted_one_does(tiny_model, twitter_dev,
+                                                                                       tmp_path):
+    model, _, _ = tiny_model
+    posts = load_samples(twitter_dev)
+    posts = [s.with_(id=f"{s.id}-{k}") for k in range(PREDICT_CHUNK // len(posts) + 1) for s in posts]
+    save_samples(posts, tmp_path / "many.jsonl")  # more than one chunk: the first is saved before the end
+
+    def predict(out: str) -> subprocess.Popen:
+        return subprocess.Popen([REFINEG, "predict", "--model", str(model), "--data", str(tmp_path / "many.jsonl"),
+                                 "--out", str(tmp_path / out), "--quiet"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    proc, partial = predict("killed.jsonl"), tmp_path / ".killed.jsonl.partial"
+    deadline = time.monotonic() + 300
+    while not (partial.is_file() and partial.stat().st_size):
+        assert proc.poll() is None and time.monotonic() < deadline, "predict ended before saving a chunk"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed.jsonl").exists()
+    for out in ("killed.jsonl", "whole.jsonl"):
+        stdout, stderr = predict(out).communicate(timeout=300)
+        assert not stderr and ("resumed:" in stdout) == (out == "killed.jsonl"), stdout + stderr
+    assert (tmp_path / "killed.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
+    assert json.loads((tmp_path / "killed.jsonl.summary.json").read_text())["resumed"] == PREDICT_CHUNK
+    assert not partial.exists()
