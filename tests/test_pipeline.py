@@ -288,6 +288,15 @@ def test_a_killed_predict_resumes_from_its_partial_file_to_the_same_output(tiny_
     assert out.read_text() == (data_dir / "whole.jsonl").read_text()
     assert res.mner == whole.mner and res.gate == whole.gate
     assert not partial.exists() and not (data_dir / ".p.jsonl.partial.key").exists()
+    out.unlink()
+    kill_at, chunks[:] = 2, []
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(model, data_dir / "dev.jsonl", out, RunConfig(), progress=False)
+    partial.write_text("damaged\n" + partial.read_text())  # not our writing: everything is tagged again
+    kill_at, chunks[:] = None, []
+    res = predict_file(model, data_dir / "dev.jsonl", out, RunConfig(), progress=False)
+    assert res.resumed == 0 and chunks == [15, 15, len(dev) - 30]
+    assert out.read_text() == (data_dir / "whole.jsonl").read_text()
 
 
 def test_a_partial_predict_file_of_other_settings_is_not_resumed(tiny_model, data_dir):

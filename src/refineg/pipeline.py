@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -13,9 +14,9 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import RunConfig, default_cache_dir
-from .data import load_samples
+from .data import load_samples, read_predictions
 from .data.images import find_image
-from .data.jsonl import write_jsonl
+from .data.jsonl import json_line, write_jsonl
 from .data.textio import atomic_open
 from .errors import DataError
 from .eval.metrics import score
@@ -238,9 +239,6 @@ def predict_file(model_dir: str | Path, data: str | Path, out: str | Path, cfg: 
 
 def _predict_key(nlp: Pipeline, samples: Sequence[Sample], mc_samples: int) -> str:
     """What a predict run's output depends on: the model (weights and gate), the samples and the settings."""
-    import hashlib
-
-    from .data.jsonl import json_line
     from .tagger.tagger import weights_digest
 
     h = hashlib.sha256(weights_digest(nlp.model_dir).encode())
@@ -264,23 +262,21 @@ class _PartialPredictions:
 
     def resume(self) -> dict[str, Prediction]:
         """The predictions an interrupted run of the same key left (a half-written last line cut off); any
-        other partial file is removed."""
-        from .data import read_predictions
-
+        other partial file, or a damaged one, is removed."""
         if self.path.is_file() and self.key_path.is_file() and self.key_path.read_text().strip() == self.key:
             raw = self.path.read_bytes()
             with self.path.open("r+b") as fh:
                 fh.truncate(raw.rfind(b"\n") + 1)
-            done = {p.id: p for p in read_predictions(self.path)} if self.path.stat().st_size else {}
-            return done
+            try:
+                return {p.id: p for p in read_predictions(self.path)} if self.path.stat().st_size else {}
+            except DataError as exc:
+                log.warning("%s; tagging every post again", exc)
         self.remove()
         self.key_path.write_text(self.key)
         return {}
 
     def append(self, preds: list[Prediction]) -> None:
         """Save a tagged chunk for good (flushed and synced) before the next one starts."""
-        from .data.jsonl import json_line
-
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write("".join(json_line(p) for p in preds))
             fh.flush()
