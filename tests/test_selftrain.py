@@ -93,6 +93,20 @@ def test_unlabeled_posts_come_as_plain_text_jsonl_or_a_split(tmp_path, twitter_d
         load_unlabeled(bad)
 
 
+@pytest.mark.parametrize("name, text", [
+    ("untagged-split.txt", "IMGID:17\nObama\nvisits\nParis\n\nIMGID:18\nHello\nworld\n\n"),
+    ("tagged-no-ids.txt", "Obama\tB-PER\nvisits\tO\nParis\tB-LOC\n\nHello\tO\nworld\tO\n"),
+    ("conll2003-style.conll", "Obama NNP B-PER\nvisits VBZ O\nParis NNP B-LOC\n\n\nHello UH O\nworld NN O\n"),
+    ("one-token-a-line.txt", "Obama\nvisits\nParis\n\nHello\nworld\n"),
+])
+def test_token_per_line_files_are_posts_not_lines(tmp_path, name, text):
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    posts = load_unlabeled(tmp_path / name)
+    assert [s.tokens for s in posts] == [("Obama", "visits", "Paris"), ("Hello", "world")]
+    assert not any(s.entities for s in posts)
+    assert [s.id for s in posts][0] == ("17" if name.startswith("untagged") else "unlabeled-1")
+
+
 def test_train_with_unlabeled_posts_self_trains_and_says_which_setting(self_training):
     res = self_training.result
     assert "setting: 80 labelled + 100 unlabeled (self-training)" in res.stdout

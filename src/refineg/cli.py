@@ -304,8 +304,8 @@ def train(
     ids: Optional[Path] = typer.Option(None, "--ids", help="Keep only these training sample ids."),
     augment: Optional[list[Path]] = typer.Option(None, "--augment", help="Extra training sentences (JSONL); repeatable."),
     unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="Unlabeled posts for self-training: JSONL (tokens "
-                                             "or text; ids optional, entities ignored), any supported input, or one "
-                                             "post per line."),
+                                             "or text; ids optional, entities ignored), a token per line (CoNLL or a "
+                                             "Twitter-GMNER split, tags ignored), a CCKS folder, or one post per line."),
     encoder: Optional[str] = typer.Option(None, "--encoder", help="HF encoder name or path (default: packaged MiniLM)."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     seed: Optional[int] = typer.Option(None, "--seed"),

@@ -12,7 +12,7 @@ from ..types import Sample
 from .ccks import read_ccks, write_ccks
 from .jsonl import read_jsonl, read_posts, read_predictions, write_jsonl
 from .textio import text_lines
-from .twitter_gmner import read_twitter, write_twitter
+from .twitter_gmner import read_token_columns, read_twitter, write_twitter
 
 FORMATS = ("jsonl", "twitter", "ccks")
 
@@ -80,15 +80,18 @@ def load_samples(path: str | Path, ids: list[str] | None = None) -> list[Sample]
 
 
 def load_unlabeled(path: str | Path) -> list[Sample]:
-    """Posts without labels: JSONL (tokens or text; ids optional, entities not read), any other supported
-    input (its entities dropped), or plain text with one post per line (a ``.txt`` that is not a
-    Twitter-GMNER split), tokenised the Twitter-GMNER way. A text file of JSON objects is read as JSONL."""
+    """Posts without labels: JSONL (tokens or text; ids optional, entities not read), a token-per-line file
+    (a Twitter-GMNER split, tagged or not, or plain CoNLL; tags ignored), a CCKS folder (its entities
+    dropped), or plain text with one post per line, tokenised the Twitter-GMNER way. The kind comes from
+    the suffix and the lines, not the suffix alone: a ``.txt`` of JSON objects is read as JSONL."""
     from .tokenize import tokenize
 
     path = Path(path)
     kind = _unlabeled_kind(path)
     if kind == "jsonl":
         posts = read_posts(path)
+    elif kind == "columns":
+        posts = read_token_columns(path)
     elif kind == "text":
         posts = [Sample(f"unlabeled-{n}", tuple(tokenize(line.strip())), raw_text=line.strip())
                  for n, line in text_lines(path) if line.strip()]
@@ -100,18 +103,31 @@ def load_unlabeled(path: str | Path) -> list[Sample]:
 
 
 def _unlabeled_kind(path: Path) -> str:
-    """``jsonl``, ``text`` or ``dataset`` (a Twitter-GMNER split, a CCKS folder), from the suffix and first line."""
+    """``jsonl``, ``columns`` (a token per line), ``text`` (a post per line) or ``dataset`` (a CCKS folder)."""
     if not path.is_file():
         return "dataset"
     if path.suffix in (".jsonl", ".json"):
         return "jsonl"
-    first = next((line.strip() for _, line in text_lines(path) if line.strip()), "")
-    if first.startswith("IMGID:"):
-        return "dataset"
+    lines = [line for _, line in text_lines(path)]
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if first.startswith("IMGID:") or path.suffix == ".conll" or _token_per_line(lines):
+        return "columns"
     try:
         return "jsonl" if isinstance(json.loads(first), dict) else "text"
     except ValueError:
         return "text"
+
+
+def _token_per_line(lines: list[str]) -> bool:
+    """True for CoNLL-like text: posts of several lines between blank lines, each line a token and maybe
+    tab-separated tags; a post per line has no such blocks (or words separated by spaces)."""
+    filled = [line for line in lines if line.strip()]
+    blocks = "\n".join(line.strip() and "x" for line in lines).split("\n\n")
+    if not filled or not any(b.count("x") > 1 for b in blocks) or len(blocks) < 2:
+        return False
+    columns = sum("\t" in line for line in filled)
+    single = sum(len(line.split()) == 1 for line in filled)
+    return columns >= 0.5 * len(filled) or single >= 0.9 * len(filled)
 
 
 def output_format(path: str | Path, fmt: str | None = None) -> str:

@@ -113,6 +113,30 @@ def _parse_conll(path: Path, types: tuple[str, ...] | None):
         yield sid, tokens, tags, first
 
 
+def read_token_columns(path: str | Path) -> list[Sample]:
+    """Posts of a token-per-line file (blank lines between posts, an optional ``IMGID:`` line naming a post,
+    any tag columns ignored): a Twitter-GMNER split with or without its tags, or plain CoNLL. Unnamed posts
+    are ``unlabeled-LINE`` (the line of their first token)."""
+    path = Path(path)
+    posts: list[Sample] = []
+    sid, tokens, first = None, [], 0
+
+    def close() -> None:
+        if tokens:
+            posts.append(Sample(sid or f"unlabeled-{first}", tuple(tokens)))
+
+    for lineno, line in text_lines(path):
+        if line.startswith("IMGID:") or not line.strip():
+            close()
+            sid, tokens = (line[6:].strip() or None) if line.startswith("IMGID:") else None, []
+            continue
+        if not tokens:
+            first = lineno
+        tokens.append((line.split("\t")[0].strip() if "\t" in line else "") or line.split()[0])
+    close()
+    return posts
+
+
 def read_twitter(path: str | Path, types: tuple[str, ...] | None = TWITTER_TYPES) -> tuple[list[Sample], Counter]:
     """Samples of a Twitter-GMNER split file with their boxes, and a counter of what was odd."""
     path = Path(path)
