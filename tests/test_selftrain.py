@@ -87,6 +87,8 @@ def test_unlabeled_posts_come_as_plain_text_jsonl_or_a_split(tmp_path, twitter_d
     named_txt = tmp_path / "posts-as-json.txt"  # JSON lines under a .txt name: read as JSONL, not as words
     named_txt.write_text('\n{"text": "Obama here", "entities": []}\n{"tokens": ["again"]}\n', encoding="utf-8")
     assert [s.tokens for s in load_unlabeled(named_txt)] == [("Obama", "here"), ("again",)]
+    named_txt.write_text('["Obama", "here"]\n"a quoted post"\n', encoding="utf-8")
+    assert [s.tokens for s in load_unlabeled(named_txt)] == [("Obama", "here"), ("a", "quoted", "post")]
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine\n\xff\xfe broken\n")
     with pytest.raises(DataError, match="bad.txt:2"):

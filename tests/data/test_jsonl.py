@@ -80,10 +80,12 @@ def test_predictions_from_other_systems_may_name_their_own_source(tmp_path):
 def test_unlabeled_posts_need_no_id_and_their_entities_are_not_read(tmp_path):
     f = _write(tmp_path, json.dumps({"tokens": ["Obama", "in", "Paris"], "image": "x.jpg"}),
                json.dumps({"id": 9, "text": "RT @a : hi", "entities": [{"type": "PER", "start": 5, "end": 2}]}),
-               "", json.dumps({"text": "again", "entities": "not even a list", "lang": "en"}))
+               "", json.dumps({"text": "again", "entities": "not even a list", "lang": "en"}),
+               '["just", "tokens"]', '"just text"')
     assert read_posts(f) == [Sample("unlabeled-1", ("Obama", "in", "Paris")),
                              Sample("9", ("RT", "@", "a", ":", "hi"), raw_text="RT @a : hi"),
-                             Sample("unlabeled-4", ("again",), raw_text="again")]
+                             Sample("unlabeled-4", ("again",), raw_text="again"),
+                             Sample("unlabeled-5", ("just", "tokens")), Sample("unlabeled-6", ("just", "text"), raw_text="just text")]
 
 
 @pytest.mark.parametrize("line, words", [
@@ -91,6 +93,8 @@ def test_unlabeled_posts_need_no_id_and_their_entities_are_not_read(tmp_path):
     ('{"id": "p1", "image": "x.jpg"}', "a post needs tokens or text"),
     ('{"tokens": ["a", 3]}', "tokens.1: input should be a valid string"),
     ('{"tokens": ["a"]', "broken JSON"),
+    ('42', "a line must hold a post"),
+    ('["a", 3]', "tokens.1: input should be a valid string"),
 ])
 def test_a_bad_unlabeled_post_names_file_and_line(tmp_path, line, words):
     f = _write(tmp_path, '{"text": "fine"}', line)

@@ -103,7 +103,8 @@ def load_unlabeled(path: str | Path) -> list[Sample]:
 
 
 def _unlabeled_kind(path: Path) -> str:
-    """``jsonl``, ``columns`` (a token per line), ``text`` (a post per line) or ``dataset`` (a CCKS folder)."""
+    """``jsonl``, ``columns`` (a token per line), ``text`` (a post per line) or ``dataset`` (a CCKS folder); a
+    text file whose first line is a JSON object or list is JSONL (a JSON string could be a quoted post)."""
     if not path.is_file():
         return "dataset"
     if path.suffix in (".jsonl", ".json"):
@@ -113,7 +114,7 @@ def _unlabeled_kind(path: Path) -> str:
     if first.startswith("IMGID:") or path.suffix == ".conll" or _token_per_line(lines):
         return "columns"
     try:
-        return "jsonl" if isinstance(json.loads(first), dict) else "text"
+        return "jsonl" if isinstance(json.loads(first), (dict, list)) else "text"
     except ValueError:
         return "text"
 

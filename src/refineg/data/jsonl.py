@@ -71,8 +71,9 @@ def _describe(exc: ValidationError) -> str:
     return f"{loc}: {first['msg'].lower()} (got {shown})"
 
 
-def iter_json_lines(path: Path, need_id: bool = True) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; DataError on broken JSON (and on a missing id, if needed)."""
+def iter_json_lines(path: Path, need_id: bool = True, objects: bool = True) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for every non-blank line; DataError on broken JSON, and (when asked) on a line
+    that is not an object or has no id."""
     for lineno, line in text_lines(path):
         if not line.strip():
             continue
@@ -82,7 +83,7 @@ def iter_json_lines(path: Path, need_id: bool = True) -> Iterator[tuple[int, dic
             raise DataError(f"broken JSON: {exc.msg} (column {exc.colno})", path, lineno) from None
         except ValueError as exc:
             raise DataError(str(exc), path, lineno) from None
-        if not isinstance(obj, dict):
+        if objects and not isinstance(obj, dict):
             raise DataError("a line must hold one JSON object", path, lineno)
         if need_id and obj.get("id") in (None, ""):
             raise DataError("sample without an id", path, lineno)
@@ -168,13 +169,18 @@ def read_jsonl(path: str | Path) -> list[Sample]:
 
 
 def read_posts(path: str | Path) -> list[Sample]:
-    """Unlabeled posts of a JSONL file: tokens (or text, tokenised), the id when there is one (else
-    ``unlabeled-LINE``); entities and other fields are not read, so they cannot be wrong."""
+    """Unlabeled posts of a JSONL file: objects with tokens (or text, tokenised) and maybe an id (else
+    ``unlabeled-LINE``), whose entities and other fields are not read, so they cannot be wrong; a line may
+    also be just the tokens (a JSON list) or the text (a JSON string)."""
     from .tokenize import tokenize
 
     path = Path(path)
     out = []
-    for lineno, obj in iter_json_lines(path, need_id=False):
+    for lineno, obj in iter_json_lines(path, need_id=False, objects=False):
+        if isinstance(obj, (list, str)):
+            obj = {"tokens": obj} if isinstance(obj, list) else {"text": obj}
+        elif not isinstance(obj, dict):
+            raise DataError("a line must hold a post: an object, a list of tokens or a text", path, lineno)
         try:
             rec = _PostRecord.model_validate(obj)
         except ValidationError as exc:
