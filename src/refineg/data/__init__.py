@@ -83,7 +83,7 @@ def load_unlabeled(path: str | Path) -> list[Sample]:
     """Posts without labels: JSONL (tokens or text; ids optional, entities not read), a token-per-line file
     (a Twitter-GMNER split, tagged or not, or plain CoNLL; tags ignored), a CCKS folder (its entities
     dropped), or plain text with one post per line, tokenised the Twitter-GMNER way. The kind comes from
-    the suffix and the lines, not the suffix alone: a ``.txt`` of JSON objects is read as JSONL."""
+    the suffix and the lines, not the suffix alone: a ``.txt`` of JSON objects or lists is read as JSONL."""
     from .tokenize import tokenize
 
     path = Path(path)
