@@ -62,12 +62,13 @@ def test_a_partly_trusted_post_keeps_its_trusted_entities_and_leaves_the_doubtfu
     assert [s.id for s, _ in off] == ["u3"]
 
 
-def test_dev_and_labelled_posts_are_never_pseudo_labelled_even_under_another_id():
+def test_dev_and_labelled_posts_are_never_pseudo_labelled_even_under_another_id(caplog):
     dev = [Sample("d1", ("A", "dev", "post"))]
     train = [Sample("t1", ("A", "train", "post"))]
     unlabeled = [Sample("x1", ("a", "DEV", "post")), Sample("t1", ("other",)), Sample("x2", ("new", "post")),
                  Sample("x3", ("new", "post")), Sample("x4", ())]
     assert [s.id for s in fresh_posts(unlabeled, train, dev)] == ["x2"]
+    assert "1 unlabeled post(s) left out: they have the id of a labelled or dev post" in caplog.text  # t1
 
 
 def test_unlabeled_posts_come_as_plain_text_jsonl_or_a_split(tmp_path, twitter_dev):

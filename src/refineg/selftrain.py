@@ -44,12 +44,16 @@ def fresh_posts(unlabeled: Sequence[Sample], train: Sequence[Sample], dev: Seque
     """The unlabeled posts that are neither a labelled nor a dev post (by id or text), each text once."""
     seen_ids = {s.id for s in list(train) + list(dev)}
     seen_texts = {_key(s) for s in list(train) + list(dev)}
-    out = []
+    out, same_id_other_text = [], 0
     for s in unlabeled:
         key = _key(s)
+        same_id_other_text += s.id in seen_ids and key not in seen_texts
         if s.tokens and s.id not in seen_ids and key not in seen_texts:
             seen_texts.add(key)
             out.append(s)
+    if same_id_other_text:  # an id is taken to name the same post; files numbered alike would lose posts here
+        log.warning("%d unlabeled post(s) left out: they have the id of a labelled or dev post but another text "
+                    "(give them other ids to use them)", same_id_other_text)
     return out
 
 
