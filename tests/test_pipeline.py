@@ -265,15 +265,15 @@ def test_a_killed_predict_resumes_from_its_partial_file_to_the_same_output(tiny_
     model, _, dev = tiny_model
     whole = predict_file(model, data_dir / "dev.jsonl", data_dir / "whole.jsonl", RunConfig(), progress=False)
     monkeypatch.setattr(pl, "PREDICT_CHUNK", 15)
-    real_tag, chunks = pl.Pipeline.tag, []
+    real_gated, chunks = pl._gated, []
 
-    def tag(self, samples, *args, **kw):
+    def gated(tagger, gate, samples, *args, **kw):
         chunks.append(len(samples))
         if kill_at == len(chunks):
             raise KeyboardInterrupt  # killed while tagging this chunk
-        return real_tag(self, samples, *args, **kw)
+        return real_gated(tagger, gate, samples, *args, **kw)
 
-    monkeypatch.setattr(pl.Pipeline, "tag", tag)
+    monkeypatch.setattr(pl, "_gated", gated)
     out, partial = data_dir / "p.jsonl", data_dir / ".p.jsonl.partial"
     kill_at = 2
     with pytest.raises(KeyboardInterrupt):

@@ -438,7 +438,7 @@ def synthesize(
 ) -> None:
     """Synthesize validated training sentences from labelled seeds (LLM, or offline mention replacement)."""
     from .data import load_samples, read_ids
-    from .data.jsonl import write_jsonl
+    from .data.jsonl import summary_path, write_jsonl
     from .synth import synthesize as run_synthesis
 
     if method not in (None, "llm", "mention-replacement"):
@@ -458,8 +458,7 @@ def synthesize(
     held_out = [s for f in exclude or [] for s in load_samples(f)]
     result = run_synthesis(seeds, cfg, method, held_out, progress=not quiet)
     write_jsonl(result.samples, out_path)
-    summary_path = out_path.with_name(out_path.name + ".summary.json")
-    summary_path.write_text(json.dumps(result.summary, indent=1))
+    summary_path(out_path).write_text(json.dumps(result.summary, indent=1))
     s = result.summary
     if s.get("note"):
         out.print(s["note"])
@@ -529,6 +528,8 @@ def ground(
 
 def _print_run(summary: dict, out_path: Path) -> None:
     """The end of a run: counts and notes; exit 1 when every LLM call failed."""
+    from .data.jsonl import summary_path
+
     out.print(f"{summary['processed']} samples processed ({summary['resumed_done']} already done) -> {out_path}")
     if "model_setting" in summary:
         out.print(f"model: {summary['model_setting']}", soft_wrap=True)
@@ -547,7 +548,7 @@ def _print_run(summary: dict, out_path: Path) -> None:
         out.print(f"note: {note}")
     if summary["rows_marked_retry"]:
         out.print(f"{summary['rows_marked_retry']} row(s) marked for a retry: rerun the same command to redo them")
-    out.print(f"summary: {out_path}.summary.json")
+    out.print(f"summary: {summary_path(out_path)}")
     calls = summary["llm_calls"]
     if calls["attempted"] and calls["failed_transport"] == calls["attempted"]:
         err.print(f"refineg: error: all {calls['attempted']} LLM calls failed (see the warnings above); "

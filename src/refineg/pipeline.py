@@ -16,7 +16,7 @@ from typing import Sequence
 from .config import RunConfig, default_cache_dir
 from .data import load_samples, read_predictions
 from .data.images import find_image
-from .data.jsonl import json_line, write_jsonl
+from .data.jsonl import json_line, summary_path, write_jsonl
 from .data.textio import atomic_open
 from .errors import DataError
 from .eval.metrics import score
@@ -188,15 +188,21 @@ def tag_samples(model_dir: str | Path, samples: Sequence[Sample], cfg: RunConfig
 
 def _tag_and_gate(tagger: Tagger, gate: GateCalibration, samples: Sequence[Sample], cfg: RunConfig, mc_samples: int,
                   progress: bool, setting: str) -> TagResult:
+    preds, seconds = _gated(tagger, gate, samples, cfg, mc_samples, progress)
+    return _tag_result(preds, samples, gate, cfg, len(samples) / max(1e-9, seconds), setting)
+
+
+def _gated(tagger: Tagger, gate: GateCalibration, samples: Sequence[Sample], cfg: RunConfig, mc_samples: int,
+           progress: bool) -> tuple[list[Prediction], float]:
+    """The samples' predictions, scored and gated, and the seconds the tagging took."""
     t0 = time.perf_counter()
     tagged = tagger.predict_detailed(samples, mc_samples=mc_samples, progress=progress)
-    speed = len(samples) / max(1e-9, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
     preds = gate.rescore(tagged)
     if mc_samples:  # the slower MC-dropout estimate, for comparison, entity by entity
         preds = [p.with_(meta={**p.meta, "mc_dropout_scores": [round(s.mc_dropout, 6) for s in t.scores]})
                  for p, t in zip(preds, tagged)]
-    preds = apply_gate(preds, gate, cfg.llm.configured)
-    return _tag_result(preds, samples, gate, cfg, speed, setting)
+    return apply_gate(preds, gate, cfg.llm.configured), seconds
 
 
 def _tag_result(preds: list[Prediction], samples: Sequence[Sample], gate: GateCalibration, cfg: RunConfig,
@@ -222,11 +228,12 @@ def predict_file(model_dir: str | Path, data: str | Path, out: str | Path, cfg: 
     with Pipeline(model_dir, cfg) as nlp:
         partial = _PartialPredictions(out, _predict_key(nlp, samples, mc_samples))
         done = partial.resume()
-        todo = [s for s in samples if s.id not in done]
-        t0 = time.perf_counter()
-        for k in range(0, len(todo), PREDICT_CHUNK):
-            partial.append(nlp.tag(todo[k:k + PREDICT_CHUNK], mc_samples, progress).predictions)
-        speed = len(todo) / max(1e-9, time.perf_counter() - t0) if todo else 0.0
+        todo, seconds = [s for s in samples if s.id not in done], 0.0
+        for k in range(0, len(todo), PREDICT_CHUNK):  # the figures are made once, over every post, below
+            preds, took = _gated(nlp.tagger, nlp.gate, todo[k:k + PREDICT_CHUNK], cfg, mc_samples, progress)
+            partial.append(preds)
+            seconds += took
+        speed = len(todo) / max(1e-9, seconds) if todo else 0.0
         by_id = {**done, **{p.id: p for p in partial.fresh}}
         result = replace(_tag_result([by_id[s.id] for s in samples], samples, nlp.gate, cfg, speed, nlp.setting),
                          resumed=len(done))
@@ -264,11 +271,9 @@ class _PartialPredictions:
         """The predictions an interrupted run of the same key left (a half-written last line cut off); any
         other partial file, or a damaged one, is removed."""
         if self.path.is_file() and self.key_path.is_file() and self.key_path.read_text().strip() == self.key:
-            raw = self.path.read_bytes()
-            with self.path.open("r+b") as fh:
-                fh.truncate(raw.rfind(b"\n") + 1)
             try:
-                return {p.id: p for p in read_predictions(self.path)} if self.path.stat().st_size else {}
+                done_ids(self.path, llm_configured=False)  # cuts the half line a kill may have left
+                return {p.id: p for p in read_predictions(self.path)}
             except DataError as exc:
                 log.warning("%s; tagging every post again", exc)
         self.remove()
@@ -287,11 +292,6 @@ class _PartialPredictions:
         """Remove both files (once the output is written, or when they belong to another run)."""
         self.path.unlink(missing_ok=True)
         self.key_path.unlink(missing_ok=True)
-
-
-def summary_path(out: str | Path) -> Path:
-    """Where the summary of the predictions in out is written: out + ``.summary.json``."""
-    return Path(str(out) + ".summary.json")
 
 
 # ---- the full run: tag, gate, refine, select demos, ground, write (resumable) --------------------

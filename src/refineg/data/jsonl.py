@@ -193,6 +193,11 @@ def read_posts(path: str | Path) -> list[Sample]:
     return out
 
 
+def summary_path(out: str | Path) -> Path:
+    """Where the summary of an output file is written beside it: out + ``.summary.json``."""
+    return Path(str(out) + ".summary.json")
+
+
 def read_predictions(path: str | Path) -> list[Prediction]:
     """Predictions of a canonical JSONL file (tokens and offsets optional)."""
     path = Path(path)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data.images import find_image, prepare_image
+from ..data.jsonl import summary_path
 from ..errors import DataError
 from ..eval.metrics import MODES, matching, score
 from ..types import Entity, Prediction, Sample
@@ -78,7 +79,7 @@ def _metrics_html(gold: Sequence[Sample], preds: Sequence[Prediction]) -> str:
 def predictions_setting(pred: str | Path) -> str | None:
     """The model setting that `refineg predict` or `run` recorded beside a predictions file, if any."""
     try:
-        setting = json.loads(Path(str(pred) + ".summary.json").read_text(encoding="utf-8")).get("model_setting")
+        setting = json.loads(summary_path(pred).read_text(encoding="utf-8")).get("model_setting")
     except (OSError, ValueError, AttributeError):
         return None
     return setting if isinstance(setting, str) else None

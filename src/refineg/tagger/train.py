@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from ..config import TaggerConfig
 from ..data.bio import tags_from_spans
+from ..data.textio import atomic_open
 from ..errors import ConfigError, DataError
 from ..eval.metrics import score
 from ..types import Sample
@@ -207,9 +207,8 @@ def _save_state(folder: Path, run: _Run, model: TaggerModel, opt, sched, seconds
              "snapshots": [(s.f1, s.epoch, s.state) for s in run.snapshots], "model": model.state_dict(),
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "random": (random.getstate(), np.random.get_state(), torch.get_rng_state())}
-    tmp = folder / f".{_STATE}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / _STATE)
+    with atomic_open(folder / _STATE, "wb") as fh:
+        torch.save(state, fh)
 
 
 def _resumed(folder: Path, model: TaggerModel, opt, sched) -> _Run:
