@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from refineg.config import GroundConfig, LLMConfig, RunConfig  # noqa: E402
+from refineg.config import GroundConfig, LLMConfig, RunConfig, RunSection  # noqa: E402
 from refineg.data import load_samples, read_ids, save_samples  # noqa: E402
 from refineg.ground.groundability import Groundability  # noqa: E402
 from refineg.data.jsonl import read_predictions  # noqa: E402
 from refineg.eval.metrics import score  # noqa: E402
-from refineg.pipeline import RunOptions, run_pipeline  # noqa: E402
+from refineg.runs.local import run_file  # noqa: E402
 from refineg.testing.fake_openai import FakeOpenAIServer  # noqa: E402
 from refineg.testing.oracle import GoldOracle, placeholder_images  # noqa: E402
 
@@ -59,9 +59,10 @@ def main() -> None:
         for k, (name, combined, skip, recall) in enumerate(SETTINGS):
             cfg = RunConfig(llm=LLMConfig(base_url=srv.base_url, model="gold-oracle", cache_dir=work / f"cache{k}",
                                           concurrency=16),
-                            ground=GroundConfig(combined=combined, skip_ungroundable=skip, groundability_recall=recall))
+                            ground=GroundConfig(combined=combined, skip_ungroundable=skip, groundability_recall=recall),
+                            run=RunSection(images=[images], progress=False))
             out = work / f"pred{k}.jsonl"
-            summary = run_pipeline(args.model, data, out, cfg, RunOptions(images=(images,), progress=False))
+            summary = run_file(args.model, data, out, cfg)
             scores = score(samples, read_predictions(out)).overall
             c = summary["calls_per_sample"]
             print(f"{name:<36}{c['total']:>12.3f}{c['combined']:>10.3f}{c['refinement']:>8.3f}{c['grounding']:>8.3f}"

@@ -18,7 +18,7 @@ from refineg.config import GateConfig, RunConfig
 from refineg.data import load_samples, read_ids
 from refineg.eval.metrics import score
 from refineg.gate import GateCalibration, apply_gate, calibrate
-from refineg.pipeline import train_model
+from refineg.training import train_model
 from refineg.tagger.tagger import Tagger
 from refineg.types import Prediction, Sample
 

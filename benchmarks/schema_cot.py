@@ -22,7 +22,7 @@ from refineg.config import LLMConfig  # noqa: E402
 from refineg.data import load_samples  # noqa: E402
 from refineg.llm import LLMClient  # noqa: E402
 from refineg.llm.embedded import packaged_smollm2  # noqa: E402
-from refineg.synth.typesets import load_typeset  # noqa: E402
+from refineg.llm.typesets import load_typeset  # noqa: E402
 from refineg.types import Prediction  # noqa: E402
 
 DEV = Path(__file__).resolve().parents[2] / "shared/data/twitter-gmner/Twitter10000_v2.0/txt/dev.txt"

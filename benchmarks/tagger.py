@@ -22,7 +22,7 @@ from refineg.config import RunConfig, TaggerConfig
 from refineg.data import load_samples, read_ids
 from refineg.eval.metrics import matching, score
 from refineg.gate import auroc, cross_validated_scores, entity_features, uses_corpus
-from refineg.pipeline import train_model
+from refineg.training import train_model
 from refineg.tagger.tagger import Tagger
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "twitter-gmner"

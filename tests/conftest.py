@@ -42,7 +42,7 @@ def tiny_model(tmp_path_factory, twitter_train, twitter_dev):
     """
     from refineg.config import RunConfig, TaggerConfig
     from refineg.data import load_samples
-    from refineg.pipeline import train_model
+    from refineg.training import train_model
 
     dev = load_samples(twitter_dev)[:40]
     train = load_samples(twitter_train)[:40] + dev

@@ -59,3 +59,28 @@ def test_with_an_llm_an_in_memory_image_is_grounded(tiny_model, tmp_path):
         with nlp:
             pred = nlp(tokens=sample.tokens, image=Image.new("RGB", (600, 400)))
     assert any(e.boxes for e in pred.entities)
+
+
+def test_the_api_checks_its_inputs_with_our_own_errors(tiny_model, tmp_path):
+    import pytest
+
+    from refineg.errors import DataError
+
+    nlp = refineg.load(tiny_model[0])
+    for call, says in ((lambda: nlp(tokens="Obama in Paris"), "tokens must be a list of strings"),
+                       (lambda: nlp(42), "text must be a string"),
+                       (lambda: nlp("Obama in Paris", image=5), "image must be a file path"),
+                       (lambda: nlp("Obama in Paris", image=tmp_path / "missing.jpg"), "image not found"),
+                       (lambda: nlp("Obama in Paris", image=b"not an image"), "image"),
+                       (lambda: nlp("   "), "empty"),
+                       (lambda: nlp(), "text or as tokens")):
+        with pytest.raises(DataError, match=says):
+            call()
+
+
+def test_a_result_has_a_json_form_and_the_pipeline_names_its_models_setting(tiny_model):
+    nlp = refineg.load(tiny_model[0])
+    pred = nlp(tokens=tiny_model[2][0].tokens, id="x")
+    d = pred.to_dict()
+    assert json.loads(json.dumps(d)) == d and d["id"] == "x" and all("score" in e for e in d["entities"])
+    assert nlp.setting == "80 labelled only"

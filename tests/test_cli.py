@@ -56,6 +56,25 @@ def test_llm_check_counts_retries_and_always_talks_to_the_live_endpoint(tmp_path
     assert gone.returncode == 1 and "reachable:    NO" in gone.stdout
 
 
+def test_llm_check_says_what_is_wrong_and_how_to_fix_it(tmp_path):
+    import time
+
+    from refineg.testing.fake_openai import FakeOpenAIServer, Reply
+
+    with FakeOpenAIServer(default=lambda body: Reply("pong!")) as srv:  # answers, but not the JSON asked for
+        res = _run("llm-check", "--llm-base-url", srv.base_url, "--llm-model", "m", "--cache-dir", tmp_path)
+        url = srv.base_url
+    assert res.returncode == 1 and "answer NOT valid" in res.stdout
+    assert "not with the JSON object asked for" in " ".join(res.stdout.split())
+    t0 = time.monotonic()
+    gone = _run("llm-check", "--llm-base-url", url, "--llm-model", "m", "--cache-dir", tmp_path)
+    assert gone.returncode == 1 and time.monotonic() - t0 < 12  # a few quick retries, not a run's patience
+    text = " ".join(gone.stdout.split())
+    assert "reachable: NO" in text and "nothing answers at that address" in text and "latency" not in text
+    bad = _run("llm-check", "--llm-base-url", "localhost:8000/v1", "--llm-model", "m")
+    assert bad.returncode == 2 and "not an http(s) URL" in bad.stderr
+
+
 def test_llm_check_without_an_llm_is_a_clear_error(tmp_path):
     import os
 
@@ -80,7 +99,7 @@ def test_train_then_predict_through_the_cli(twitter_train, twitter_dev, tmp_path
     assert meta["config"]["tagger"]["lstm_hidden"] == 16 and meta["sources"]["train_samples"] == 30
     res = _run("predict", "--model", tmp_path / "m", "--data", tmp_path / "dev.jsonl", "--out", tmp_path / "p.jsonl", "--quiet")
     assert res.returncode == 0, res.stderr
-    assert "the gate keeps every entity" in res.stdout
+    assert "every entity is kept" in res.stdout
     assert "(model: 30 labelled only)" in res.stdout  # every figure says which setting's model made it
     summary = json.loads((tmp_path / "p.jsonl.summary.json").read_text())
     assert summary["model_setting"] == "30 labelled only" and summary["samples"] == 20
@@ -95,6 +114,16 @@ def test_train_then_predict_through_the_cli(twitter_train, twitter_dev, tmp_path
         for e in line["entities"]:
             assert 0.0 <= e["score"] <= 1.0 and e["decision"] == "keep" and e["source"] == "tagger"
     assert _run("evaluate", tmp_path / "dev.jsonl", tmp_path / "p.jsonl", "--json").returncode == 0
+    # LLM options call no LLM in predict and change nothing; --decisions marks what the gate would delegate
+    res = _run("predict", "--model", tmp_path / "m", "--data", tmp_path / "dev.jsonl", "--out", tmp_path / "q.jsonl",
+               "--quiet", "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "m")
+    assert res.returncode == 0 and "change nothing" in res.stderr
+    assert (tmp_path / "q.jsonl").read_text() == (tmp_path / "p.jsonl").read_text()
+    res = _run("predict", "--model", tmp_path / "m", "--data", tmp_path / "dev.jsonl", "--out", tmp_path / "d.jsonl",
+               "--quiet", "--decisions")
+    assert res.returncode == 0 and "would be delegated" in res.stdout
+    decided = [json.loads(l) for l in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert [[e["score"] for e in r["entities"]] for r in decided] == [[e["score"] for e in r["entities"]] for r in lines]
 
 
 def test_train_with_a_bad_encoder_exits_2(twitter_dev, tmp_path):

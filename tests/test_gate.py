@@ -29,14 +29,14 @@ def test_budget_calibration_delegates_the_least_confident_quarter():
     gold, preds = _data()
     cal = calibrate(preds, gold, GateConfig(budget=0.25))
     assert cal.delegation_rate == 0.25 and cal.errors_caught == 1.0 and cal.auroc == 1.0
-    gated = apply_gate(preds, cal, llm_configured=True)
+    gated = apply_gate(preds, cal, delegate=True)
     assert [e.decision for p in gated for e in p.entities].count("delegate") == 2
 
 
 def test_gate_keeps_every_entity_when_no_llm_is_configured(tiny_model):
     out, result, dev = tiny_model
     preds = result.tagger.predict(dev)
-    gated = apply_gate(preds, GateCalibration.load(out), llm_configured=False)
+    gated = apply_gate(preds, GateCalibration.load(out), delegate=False)
     assert all(e.decision == "keep" for p in gated for e in p.entities)
     assert not any(p.delegated for p in gated)
     assert [e.text for p in gated for e in p.entities] == [e.text for p in preds for e in p.entities]
@@ -76,19 +76,23 @@ def test_logistic_score_model_learns_a_separating_signal():
     assert auroc(cross_validated_scores(x, y), y) > 0.9
 
 
-def test_combined_scores_are_written_by_predict(tiny_model):
+def test_combined_scores_are_written_by_the_gated_tagger(tiny_model):
     from refineg.config import RunConfig
-    from refineg.pipeline import tag_samples
+    from refineg.gate import GatedTagger
 
     out, result, dev = tiny_model
     gate = GateCalibration.load(out)
     assert gate.score_model is not None and len(gate.score_model["weights"]) == len(gate.score_model["features"])
-    res = tag_samples(out, dev, RunConfig(), mc_samples=2, progress=False)
-    ents = [e for p in res.predictions for e in p.entities]
+    preds = GatedTagger.load(out, RunConfig(), delegate=False)(dev, mc_samples=2)
+    ents = [e for p in preds for e in p.entities]
     raw = [e for p in result.tagger.predict(dev) for e in p.entities]
     assert [(e.start, e.end, e.type) for e in ents] == [(e.start, e.end, e.type) for e in raw]
     assert all(0.0 <= e.score <= 1.0 for e in ents) and [e.score for e in ents] != [e.score for e in raw]
-    assert all(len(p.meta["mc_dropout_scores"]) == len(p.entities) for p in res.predictions)
+    assert all(len(p.meta["mc_dropout_scores"]) == len(p.entities) for p in preds)
+    assert all(e.decision == "keep" for e in ents)
+    decided = GatedTagger.load(out, RunConfig(), delegate=True)(dev)
+    assert [e.score for p in decided for e in p.entities] == [e.score for e in ents]
+    assert {e.decision for p in decided for e in p.entities} == {"keep", "delegate"}
 
 
 def test_score_model_falls_back_when_dev_has_no_errors_to_learn_from():

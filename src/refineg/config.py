@@ -6,14 +6,18 @@ built, and only the name of the variable lives here.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .llm.families import BY_NAME, CONVENTIONS, resolve
+from .llm.typesets import BUILTIN as BUILTIN_TYPESETS
 
 API_KEY_VARS = ("REFINEG_LLM_API_KEY", "OPENAI_API_KEY")
 # Synthesis writes up to 20 sentences as JSON; refinement reasons before its list; a reasoning model
@@ -33,31 +37,48 @@ class LLMConfig(BaseModel):
 
     base_url: str | list[str] | None = Field(None, description="the endpoint, or several replicas serving the same "
                                              "model (requests go to the least busy one)")
-    model: str | None = None
-    gguf: Path | None = None
-    mmproj: Path | None = None
+    model: str | None = Field(None, description="the model name at that endpoint")
+    gguf: Path | None = Field(None, description="a GGUF file run by the embedded llama.cpp server instead")
+    mmproj: Path | None = Field(None, description="the vision projector GGUF of gguf")
     json_schema: bool = Field(True, description="send response_format with a JSON schema")
-    concurrency: int = Field(8, ge=1, le=1024)
-    timeout: float = Field(120.0, gt=0)
-    max_retries: int = Field(4, ge=0, le=20)
-    backoff_base: float = Field(0.5, ge=0)
-    backoff_max: float = Field(20.0, ge=0)
+    concurrency: int = Field(8, ge=1, le=1024, description="requests in flight at once, per endpoint")
+    timeout: float = Field(120.0, gt=0, description="seconds one attempt may take in all, its reply included (a "
+                           "server that sends its reply slowly is cut off too); then it is retried")
+    max_retries: int = Field(4, ge=0, le=20, description="retries after 429, 5xx, timeouts and connection errors")
+    backoff_base: float = Field(0.5, ge=0, description="seconds before the first retry; doubled each time")
+    backoff_max: float = Field(20.0, ge=0, description="the longest wait between two retries")
+    give_up_after: int = Field(8, ge=0, description="after this many requests in a row failed for good, the "
+                               "endpoint is taken as down: the rest fail at once and their rows are marked for a "
+                               "retry (0: never)")
     temperature: float = 0.0
     max_tokens: dict[str, int] = Field(default_factory=lambda: dict(MAX_TOKENS),
                                        description="completion tokens per stage (an int sets every stage)")
-    box_format: str = Field("auto", description="auto (from the model name), a convention (pixels, norm1000, "
-                            "norm1000-yx, norm1) or a model family (qwen2.5-vl, gemini, ...)")
+    box_format: str = Field("auto", description="auto (from the model name), a box convention ("
+                            + ", ".join(CONVENTIONS) + ") or a model family (" + ", ".join(BY_NAME) + ")")
+    types: str = Field("twitter", description="the entity types the prompts describe: "
+                       + ", ".join(BUILTIN_TYPESETS) + " or a TOML file of your own")
     verbose: bool = Field(False, description="show the embedded llama.cpp server's log instead of writing it to a file")
-    image_max_side: int = Field(1000, ge=28)
-    image_multiple_of: int | None = Field(None, description="snap sent sides to this multiple (the qwen2.5-vl box format already sends Qwen's own frame)")
-    cache: bool = True
-    cache_dir: Path | None = None
+    image_max_side: int = Field(1000, ge=28, description="longest side of an image as sent (pixels)")
+    image_multiple_of: int | None = Field(None, description="snap sent sides to this multiple (the qwen2.5-vl box "
+                                          "format already sends Qwen's own frame)")
+    cache: bool = Field(True, description="keep replies on disk and answer repeated requests from them")
+    cache_dir: Path | None = Field(None, description="the cache folder (default: $REFINEG_CACHE_DIR, else "
+                                   "~/.cache/refineg)")
     cache_scope: str | None = Field(None, description="what names this model's replies in the cache; default: the "
                                     "endpoint URLs, or the GGUF file for the embedded server (whose port changes)")
-    price_prompt_per_1k: float = 0.0
-    price_completion_per_1k: float = 0.0
-    gguf_ctx: int = Field(4096, ge=256)
-    gguf_threads: int = Field(2, ge=1)
+    price_prompt_per_1k: float = Field(0.0, description="price of 1,000 prompt tokens, for the cost in summaries")
+    price_completion_per_1k: float = Field(0.0, description="price of 1,000 completion tokens")
+    gguf_ctx: int = Field(4096, ge=256, description="context tokens per slot of the embedded server")
+    gguf_threads: int = Field(2, ge=1, description="threads of the embedded server")
+
+    @field_validator("box_format")
+    @classmethod
+    def _known_box_format(cls, v: str) -> str:
+        try:
+            resolve(v, None)
+        except ConfigError as exc:  # pydantic reports a ValueError with the field's name
+            raise ValueError(str(exc)) from None
+        return v
 
     @field_validator("max_tokens", mode="before")
     @classmethod
@@ -71,6 +92,10 @@ class LLMConfig(BaseModel):
     @field_validator("base_url", mode="after")
     @classmethod
     def _one_or_several(cls, v: Any) -> Any:
+        urls = [v] if isinstance(v, str) else list(v or [])
+        for url in urls:
+            if not re.match(r"https?://[^/\s]+", url or ""):
+                raise ValueError(f"{url!r} is not an http(s) URL: write it as http://HOST:PORT/v1")
         if isinstance(v, list):
             urls = list(dict.fromkeys(u.rstrip("/") for u in v if u))
             return None if not urls else urls[0] if len(urls) == 1 else urls
@@ -168,7 +193,6 @@ class SynthConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    typeset: str = Field("twitter", description="built-in type descriptions (twitter, ccks) or a TOML path")
     n_keep: int = Field(20, ge=0, description="sentences that keep the seed's entities")
     n_new: int = Field(10, ge=0, description="sentences with new entities of the same types")
     n_none: int = Field(10, ge=0, description="sentences for a seed without entities")
@@ -229,6 +253,55 @@ class RayConfig(BaseModel):
     shard_size: int = Field(256, ge=1, description="posts per output shard file")
 
 
+class RunSection(BaseModel):
+    """``refineg run`` and ``refineg ground`` (and the Python API): images, demonstrations and the stream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[Path] = Field(default_factory=list, description="image folders, searched in order; image names "
+                               "resolve only inside them (none given: beside the data file)")
+    demos: Path | None = Field(None, description="labelled pool of grounding demonstrations (e.g. train)")
+    demo_ids: Path | None = Field(None, description="a file of ids: keep only these demonstrations")
+    clip: str | None = Field(None, description="CLIP model name or path for the image term of demo selection")
+    strict: bool = Field(False, description="a missing or corrupt image is an error, not a warning")
+    allow_missing_images: bool = Field(False, description="go on when more than missing_images_limit of the posts' "
+                                       "images are missing")
+    missing_images_limit: float = Field(0.05, ge=0, le=1, description="share of posts whose image may be missing "
+                                        "before a run stops (unless allow_missing_images)")
+    window: int = Field(0, ge=0, description="posts tagged and waiting on the MLLM at most (0: four times "
+                        "llm.concurrency, at least 64); bounds memory, keeps the endpoint busy")
+    tag_batch: int = Field(32, ge=1, description="posts tagged together")
+    progress: bool = Field(True, description="show progress (bars on a terminal, a plain line every few seconds "
+                           "in a log)")
+
+    def window_for(self, concurrency: int) -> int:
+        """The window a run uses with this many requests allowed in flight."""
+        return self.window or max(64, 4 * concurrency)
+
+
+class ServiceConfig(BaseModel):
+    """``refineg serve``: where it listens and what it accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address to bind (loopback unless told otherwise)")
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_mb: float = Field(20.0, gt=0, description="larger request bodies get 413")
+    api_key_env: str | None = Field(None, description="require 'Authorization: Bearer KEY', KEY read from this "
+                                    "environment variable")
+    batch_window_ms: float = Field(5.0, ge=0, description="posts arriving within this many milliseconds are tagged "
+                                   "together")
+    header_timeout_s: float = Field(10.0, gt=0, description="a connection that has not sent its request headers "
+                                    "after this long is closed")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="on SIGTERM or Ctrl-C, requests in progress get this "
+                                    "long to finish; then they are cancelled")
+
+    @property
+    def max_body(self) -> int:
+        """The body limit in bytes."""
+        return int(self.max_body_mb * 1_000_000)
+
+
 class RunConfig(BaseModel):
     """Everything a run needs; each stage reads its own section."""
 
@@ -241,26 +314,65 @@ class RunConfig(BaseModel):
     ground: GroundConfig = Field(default_factory=GroundConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     selftrain: SelfTrainConfig = Field(default_factory=SelfTrainConfig)
+    run: RunSection = Field(default_factory=RunSection)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_spellings(cls, raw: Any) -> Any:
+        # [synth] typeset named the prompts' entity types before refinement and grounding used them too
+        synth = raw.get("synth") if isinstance(raw, dict) else None
+        if isinstance(synth, dict) and "typeset" in synth:
+            synth = dict(synth)
+            llm = dict(raw.get("llm") or {})
+            llm.setdefault("types", synth.pop("typeset"))
+            raw = {**raw, "synth": synth, "llm": llm}
+        return raw
 
 
-def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
-    """The run config from an optional TOML file, then CLI overrides (None values ignored)."""
-    raw: dict[str, Any] = {}
+def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None,
+                defaults: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """The run config: a command's own defaults, then an optional TOML file, then CLI overrides (None values
+    ignored)."""
+    raw: dict[str, Any] = {section: dict(values) for section, values in (defaults or {}).items()}
     if path is not None:
         try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            found = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read config: {exc}") from None
+        for section, values in found.items():
+            if isinstance(values, dict) and isinstance(raw.get(section), dict):
+                raw[section].update(values)
+            else:
+                raw[section] = values
     for section, values in (overrides or {}).items():
-        raw.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+        if not isinstance(raw.setdefault(section, {}), dict):
+            raise ConfigError(f"{path}: [{section}] must be a table of settings, not {raw[section]!r}")
+        raw[section].update({k: v for k, v in values.items() if v is not None})
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:
         where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}invalid config: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+        raise ConfigError(f"{where}invalid config: {_explain(exc.errors()[0])}") from None
     cfg = cfg.model_copy(update={"llm": cfg.llm.with_env()})
     _check_llm(cfg.llm)
     return cfg
+
+
+def _explain(error: dict) -> str:
+    """A validation error in words: where (``[llm] timeout``), what, and for an unknown key the nearest known one."""
+    loc = [str(p) for p in error["loc"]]
+    where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else f"[{loc[0]}]" if loc else "the config"
+    if error["type"] != "extra_forbidden":
+        return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        model = model.model_fields[part].annotation
+    known = list(model.model_fields)
+    near = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+    hint = f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(known)}"
+    what = "section" if len(loc) == 1 else "key"
+    return f"{where}: unknown {what}{hint}"
 
 
 def _check_llm(llm: LLMConfig) -> None:

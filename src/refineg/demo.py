@@ -14,17 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import RunConfig
-from .data import load_samples, read_ids
+from .data import load_samples, read_ids, read_predictions
 from .data.jsonl import write_jsonl
 from .errors import DataError
 from .eval.metrics import score
-from .gate import gate_figures, GateCalibration
-from .pipeline import RunOptions, run_pipeline, train_model
-from .report import build_report
+from .gate import GateCalibration, gate_figures
+from .report import boxes_note, build_report
+from .runs.local import run_file
+from .training import train_model
 from .types import Sample
 
 REPO = Path(__file__).resolve().parents[2]
 MINI = REPO / "examples" / "mini"
+# The demo's own settings, under any config file and flag: fewer epochs than a real training, for a demo of
+# about two minutes (early stopping rarely runs past 8 on train-500)
+DEMO_DEFAULTS = {"tagger": {"epochs": 8}}
 
 
 @dataclass(frozen=True)
@@ -82,22 +86,22 @@ def run_demo(out: Path, cfg: RunConfig, progress: bool = True) -> dict:
     data = demo_data(find_data_root())
     model_dir, trained = _model(out, data, cfg, progress)
     t_train = time.perf_counter() - t0
-    run_file, pred_file = out / "run-set.jsonl", out / "predictions.jsonl"
-    write_jsonl(data.run, run_file)
+    run_set, pred_file = out / "run-set.jsonl", out / "predictions.jsonl"
+    write_jsonl(data.run, run_set)
     if trained:
         pred_file.unlink(missing_ok=True)  # predictions of an older model must not be resumed
     pool_file = out / "demo-pool.jsonl"
     write_jsonl(data.train, pool_file)
-    options = RunOptions(images=(data.images,) if data.images else (), demos=pool_file if cfg.llm.configured else None,
-                         progress=progress)
-    summary = run_pipeline(model_dir, run_file, pred_file, cfg, options)
-    from .data import read_predictions
-
+    run = {"images": [data.images] if data.images else [], "demos": pool_file if cfg.llm.configured else None,
+           "progress": progress}
+    summary = run_file(model_dir, run_set, pred_file, cfg.model_copy(update={"run": cfg.run.model_copy(update=run)}))
     preds = read_predictions(pred_file)
     scores = score(data.run, preds)
     gate = GateCalibration.load(model_dir)
+    note = boxes_note(preds, summary)
     index = build_report(preds, data.run, out / "report", [data.images] if data.images else [],
-                         title=f"refineg demo on {data.name}", setting=summary["model_setting"])
+                         title=f"refineg demo on {data.name}", setting=summary["model_setting"],
+                         notes=[note] if note else [])
     figures = {
         "data": data.name, "trained": trained, "train_seconds": round(t_train, 1),
         "samples": len(data.run), **{m: scores.overall[m].as_dict() for m in ("gmner", "mner", "eeg")},

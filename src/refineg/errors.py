@@ -37,14 +37,20 @@ class ConfigError(RefinegError):
 
 
 class LLMError(RefinegError):
-    """An LLM call that failed for good, with the attempt count and the last raw reply."""
+    """An LLM call that failed for good, with the attempt count and the last raw reply. ``refusal`` names an
+    endpoint's refusal that asking again cannot help (``no_images``, ``auth``...); ``hint`` is the fix."""
 
-    def __init__(self, message: str, attempts: int = 0, last_reply: str | None = None):
+    def __init__(self, message: str, attempts: int = 0, last_reply: str | None = None, refusal: str | None = None,
+                 hint: str | None = None):
         self.attempts = attempts
         self.last_reply = last_reply
+        self.refusal = refusal
+        self.hint = hint
         detail = f"{message} (after {attempts} attempt{'s' if attempts != 1 else ''})"
         if last_reply:
             detail += f"; last reply: {last_reply[:300]!r}"
+        if hint:
+            detail += f"; {hint}"
         super().__init__(detail)
 
 

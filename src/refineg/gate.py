@@ -3,22 +3,26 @@ which to delegate to the MLLM, and which samples may be missing an entity.
 
 An entity whose score is below ``threshold`` is delegated; a sample whose ``missing_score`` is at
 or above ``missing_threshold`` is flagged. With no LLM configured, everything is kept.
+``GatedTagger`` is the tagger and its gate as one stage.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .config import GateConfig
+from .config import GateConfig, RunConfig
 from .errors import ConfigError
 from .eval.metrics import matching
 from .tagger.corpus import CORPUS
 from .tagger.features import is_shouting
+from .tagger.tagger import Tagger, read_labels
 from .types import Prediction, Sample
 
 GATE_FILE = "gate.json"
@@ -171,11 +175,12 @@ def gate_figures(preds: Sequence[Prediction], gold: Sequence[Sample], threshold:
     }
 
 
-def apply_gate(preds: Sequence[Prediction], calib: GateCalibration | None, llm_configured: bool) -> list[Prediction]:
-    """Mark each entity keep/delegate and each sample delegated or not; with no LLM, keep everything."""
+def apply_gate(preds: Sequence[Prediction], calib: GateCalibration | None, delegate: bool) -> list[Prediction]:
+    """Mark each entity keep/delegate and each sample delegated or not; without ``delegate`` (no MLLM to
+    delegate to), keep everything."""
     out = []
     for p in preds:
-        if not llm_configured or calib is None:
+        if not delegate or calib is None:
             out.append(p.with_(entities=tuple(e.with_(decision="keep") for e in p.entities), delegated=False,
                                maybe_missing=False))
             continue
@@ -314,3 +319,38 @@ def fit_score_model(tagged: Sequence, gold: Sequence[Sample], cfg: GateConfig) -
 def rescored(tagged: Sequence, model: ScoreModel | None) -> list[Prediction]:
     """The tagged predictions with each entity scored by the score model (the span marginal without one)."""
     return model.rescore(tagged) if model else [t.prediction for t in tagged]
+
+
+class GatedTagger:
+    """Stage 1b + 2a as one step: the tagger's entities, each scored by the gate's score model and marked keep
+    or delegate. ``delegate`` says whether anything may be delegated (an MLLM is there to take it); without it
+    every entity is kept. Safe to call from several threads: one batch is tagged at a time."""
+
+    def __init__(self, tagger: Tagger, gate: GateCalibration, delegate: bool):
+        self.tagger, self.gate, self.delegate = tagger, gate, delegate
+        self.seconds = 0.0  # spent tagging so far
+        self._lock = threading.Lock()  # PyTorch and the spaCy memo are shared
+
+    @classmethod
+    def load(cls, model_dir: str | Path, cfg: RunConfig, delegate: bool) -> GatedTagger:
+        """The tagger and gate of a model folder, run as the config says."""
+        return cls(Tagger.load(model_dir, cfg.tagger.runtime, cfg.tagger.int8), GateCalibration.load(model_dir),
+                   delegate)
+
+    def __call__(self, samples: Sequence[Sample], mc_samples: int = 0, progress: bool = False) -> list[Prediction]:
+        """Scored and gated predictions, one per sample; ``mc_samples`` adds the slower MC-dropout scores under
+        ``meta.mc_dropout_scores``, for comparison."""
+        with self._lock:
+            t0 = time.perf_counter()
+            tagged = self.tagger.predict_detailed(samples, mc_samples=mc_samples, progress=progress)
+            self.seconds += time.perf_counter() - t0
+        preds = self.gate.rescore(tagged)
+        if mc_samples:
+            preds = [p.with_(meta={**p.meta, "mc_dropout_scores": [round(s.mc_dropout, 6) for s in t.scores]})
+                     for p, t in zip(preds, tagged)]
+        return apply_gate(preds, self.gate, self.delegate)
+
+
+def model_types(model_dir: str | Path) -> tuple[str, ...]:
+    """The entity types a model folder's tagger predicts, without loading it."""
+    return tuple(sorted({lab[2:] for lab in read_labels(model_dir) if lab != "O"}))

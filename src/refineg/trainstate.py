@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import RunConfig
-from .data.jsonl import sample_dict
 from .errors import ConfigError
 from .tagger.tagger import Tagger
 from .types import Sample
@@ -59,7 +58,7 @@ def training_key(train: Sequence[Sample], dev: Sequence[Sample], unlabeled: Sequ
     for name, samples in (("train", train), ("dev", dev), ("unlabeled", unlabeled)):
         h.update(f"\x00{name}\x00".encode())
         for s in samples:
-            h.update(json.dumps(sample_dict(s), sort_keys=True, ensure_ascii=False, default=str).encode())
+            h.update(json.dumps(s.to_dict(), sort_keys=True, ensure_ascii=False, default=str).encode())
             h.update(b"\n")
     return h.hexdigest()
 

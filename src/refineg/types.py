@@ -77,6 +77,19 @@ class Entity:
         """A copy with some fields changed."""
         return replace(self, **changes)
 
+    def to_dict(self) -> dict:
+        """The entity as canonical JSON (design.md): offsets, text, type, boxes, score, source, decision."""
+        d: dict[str, Any] = {}
+        if self.has_span:
+            d["start"], d["end"] = self.start, self.end
+        d.update(text=self.text, type=self.type, boxes=[b.as_list() for b in self.boxes])
+        if self.score is not None:
+            d["score"] = round(self.score, 6)
+        d["source"] = self.source
+        if self.decision is not None:
+            d["decision"] = self.decision
+        return d
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -99,6 +112,17 @@ class Sample:
         """A copy with some fields changed."""
         return replace(self, **changes)
 
+    def to_dict(self) -> dict:
+        """The sample as one canonical JSONL line holds it."""
+        d: dict[str, Any] = {"id": self.id, "tokens": list(self.tokens), "image": self.image}
+        if self.raw_text is not None:
+            d["text"] = self.raw_text
+        if self.image_size:
+            d["width"], d["height"] = self.image_size
+        d["entities"] = [e.to_dict() for e in self.entities]
+        d.update(self.meta)
+        return d
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -116,3 +140,19 @@ class Prediction:
     def with_(self, **changes: Any) -> Prediction:
         """A copy with some fields changed."""
         return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """The prediction as canonical JSON: what a predictions file holds on one line (json.dumps it)."""
+        d: dict[str, Any] = {"id": self.id}
+        if self.tokens is not None:
+            d["tokens"] = list(self.tokens)
+        if self.image is not None:
+            d["image"] = self.image
+        d["entities"] = [e.to_dict() for e in self.entities]
+        if self.missing_score is not None:
+            d["missing_score"] = round(self.missing_score, 6)
+        d["delegated"] = self.delegated
+        if self.maybe_missing:
+            d["maybe_missing"] = True
+        d.update(self.meta)
+        return d

@@ -104,3 +104,14 @@ def test_gold_against_itself_is_perfect(twitter_dev):
     for mode in ("gmner", "mner", "eeg"):
         assert (s.overall[mode].precision, s.overall[mode].recall, s.overall[mode].f1) == (1.0, 1.0, 1.0)
     assert all(by["gmner"].f1 == 1.0 for by in s.per_type.values())
+
+
+def test_gold_and_predictions_given_the_wrong_way_round_are_noticed():
+    from refineg.eval.metrics import swapped_hint
+
+    gold = [Sample("a", ("Bob", "runs"), (Entity("Bob", "PER", 0, 1),))]
+    pred = [Prediction("a", (Entity("Bob", "PER", 0, 1, score=0.9, source="tagger"),))]
+    as_gold = [Sample(p.id, ("Bob", "runs"), p.entities) for p in pred]
+    as_pred = [Prediction(s.id, s.entities) for s in gold]
+    assert swapped_hint(gold, pred) is None
+    assert "wrong way round" in swapped_hint(as_gold, as_pred)

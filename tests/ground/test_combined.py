@@ -7,7 +7,7 @@ from PIL import Image
 from refineg.data.images import prepare_image
 from refineg.ground import combined
 from refineg.llm.families import resolve
-from refineg.synth.typesets import load_typeset
+from refineg.llm.typesets import load_typeset
 from refineg.types import Box, Entity, Prediction, Sample
 
 TYPES = ("LOC", "ORG", "OTHER", "PER")

@@ -71,7 +71,7 @@ def test_request_carries_k_demo_images_with_boxes_in_sent_pixels():
 def test_a_2000x1000_query_is_sent_at_1000x500_and_its_box_comes_back_x2(tmp_path):
     big = Image.new("RGB", (2000, 1000), (120, 10, 10))
     pred = Prediction("q", (Entity("Bob", "PER", 0, 1), Entity("Paris", "LOC", 2, 3)))
-    answer = {"entities": [{"text": "Bob", "type": "PER", "boxes": [[100, 50, 300, 250], [990, 10, 1200, 600], [5, 5, 5, 9]]},
+    answer = {"entities": [{"text": "Bob", "type": "PER", "boxes": [[100, 50, 300, 250], [900, 10, 1050, 600], [5, 5, 5, 9]]},
                            {"text": "Paris", "type": "LOC", "boxes": []}, {"text": "Eve", "type": "PER", "boxes": [[1, 1, 2, 2]]}]}
     with FakeOpenAIServer([Reply(json.dumps(answer))]) as srv:
         with LLMClient(LLMConfig(base_url=srv.base_url, model="m", cache_dir=tmp_path)) as client:
@@ -86,8 +86,21 @@ def test_a_2000x1000_query_is_sent_at_1000x500_and_its_box_comes_back_x2(tmp_pat
     assert Image.open(BytesIO(b64decode(sent_url.split(",", 1)[1]))).size == (1000, 500)
     done = apply_boxes(pred, res.value, sent)
     bob, paris = done.prediction.entities
-    assert bob.boxes == (Box(200, 100, 600, 500), Box(1980, 20, 2000, 1000))  # x2, then clipped
+    assert bob.boxes == (Box(200, 100, 600, 500), Box(1800, 20, 2000, 1000))  # x2, then clipped
     assert paris.boxes == ()
     assert done.counts["box_dropped_degenerate"] == 1 and done.counts["answer_boxes_unmatched"] == 1
     assert done.counts["box_clipped"] == 1
     assert done.counts["grounded"] == 1 and done.counts["not_in_image"] == 1
+
+
+def test_reversed_and_absurd_boxes_are_rejected_and_counted_not_repaired():
+    from refineg.llm.replies import RawBox, Reading
+
+    sent = prepare_image(Image.new("RGB", (600, 400)), 1000)
+    pred = Prediction("q", (Entity("Bob", "PER", 0, 1),), ("Bob",))
+    reading = Reading([RawBox("Bob", (300, 300, 10, 10)), RawBox("Bob", (0, 0, 1e308, 1e308)),
+                       RawBox("Bob", (500, 300, 620, 420)), RawBox("Bob", (10, 20, 110, 220))])
+    done = apply_boxes(pred, reading, sent)
+    assert done.prediction.entities[0].boxes == (Box(500, 300, 600, 400), Box(10, 20, 110, 220))
+    assert done.counts["box_rejected_reversed"] == 1 and done.counts["box_rejected_outside"] == 1
+    assert done.counts["box_clipped"] == 1

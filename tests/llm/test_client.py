@@ -2,6 +2,7 @@
 
 import json
 import logging
+import time
 
 import pytest
 from pydantic import BaseModel
@@ -63,11 +64,11 @@ def test_timeout_is_retried_then_fails_with_a_clear_error(tmp_path):
         with LLMClient(_cfg(srv, tmp_path, timeout=0.3, max_retries=2)) as client:
             result = client.ask(_req(), parse)
             assert not result.ok and result.reason == "transport"
-            assert "after 3 attempts" in result.error and "Timeout" in result.error
+            assert "after 3 attempts" in result.error and "no complete reply within 0.3 s" in result.error
             assert client.usage.total("retries") == 2
             with pytest.raises(LLMError) as info:
                 result.unwrap()
-            assert info.value.attempts == 3 and "APITimeoutError" in info.value.last_reply
+            assert info.value.attempts == 3 and "no complete reply" in info.value.last_reply
         assert len(srv.requests) == 3
 
 
@@ -267,3 +268,44 @@ def test_replies_are_cached_under_the_set_of_replicas_not_the_one_that_answered(
         with LLMClient(cfg.model_copy(update={"base_url": [b.base_url, a.base_url]}), show_progress=False) as client:
             assert all(r.from_cache for r in client.run([_req(i) for i in range(6)], parse))
             assert client.usage.total("requests") == 0
+
+
+def test_a_reply_sent_one_byte_at_a_time_is_cut_off_at_the_deadline(tmp_path):
+    trickle = [Reply('{"answer": "late, very late"}', trickle=0.2) for _ in range(2)]
+    with FakeOpenAIServer(trickle) as srv:
+        with LLMClient(_cfg(srv, tmp_path, timeout=0.8, max_retries=1)) as client:
+            t0 = time.perf_counter()
+            result = client.ask(_req(), parse)
+            took = time.perf_counter() - t0
+    assert not result.ok and result.reason == "transport" and "no complete reply within 0.8 s" in result.error
+    assert took < 2 * 0.8 + 1.0, took  # every read got a byte in time; the whole attempt did not
+    assert len(srv.requests) == 2
+
+
+@pytest.mark.parametrize("status, body, refusal, says", [
+    (500, "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj",
+     "no_images", "takes no images"),
+    (400, "At most 1 image(s) may be provided in one request.", "too_many_images", "--limit-mm-per-prompt"),
+    (401, "Incorrect API key provided", "auth", "REFINEG_LLM_API_KEY"),
+    (404, "The model `m` does not exist", "not_found", "check --llm-model"),
+    (400, "This model's maximum context length is 4096 tokens", "context", "context"),
+])
+def test_an_endpoints_refusal_is_not_retried_and_names_the_fix(tmp_path, status, body, refusal, says):
+    reply = Reply(status=status, raw_body=json.dumps({"error": {"message": body}}))
+    with FakeOpenAIServer([reply, Reply('{"answer": "never asked"}')]) as srv:
+        with LLMClient(_cfg(srv, tmp_path)) as client:
+            result = client.ask(_req(), parse)
+    assert not result.ok and result.reason == "transport" and len(srv.requests) == 1
+    assert result.exception.refusal == refusal and says in result.error
+
+
+def test_after_failures_in_a_row_the_endpoint_is_taken_as_down_then_tried_again(tmp_path):
+    with FakeOpenAIServer(default=lambda body: Reply(status=503)) as srv:
+        cfg = _cfg(srv, tmp_path, max_retries=0, give_up_after=3, timeout=0.5, concurrency=1)
+        with LLMClient(cfg) as client:
+            results = client.run([_req(i) for i in range(6)], parse)
+            assert [r.ok for r in results] == [False] * 6
+            assert len(srv.requests) == 3 and "taken as down" in results[-1].error  # the last three never went out
+            time.sleep(0.6)  # the pause (min(60 s, timeout)) is over: requests go out again
+            srv.default = lambda body: Reply('{"answer": "back"}')
+            assert client.ask(_req(9), parse).ok

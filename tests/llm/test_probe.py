@@ -44,7 +44,9 @@ def test_check_with_images_over_http_reports_a_refused_image_count_and_the_conve
         report = check(LLMConfig(base_url=srv.base_url, model="gemini-2.5-flash", cache_dir=tmp_path), images=4)
         probe_requests = srv.requests[1:]
     probe = report["probe"]
-    assert report["ok"] and report["box_format"] == gemini.name
+    assert report["reachable"] and report["box_format"] == gemini.name
+    assert not report["ok"]  # K + 1 images do not fit: grounding with demos would fail
     assert not probe["images_accepted"] and "At most 1 image" in probe["images_error"]
+    assert "--limit-mm-per-prompt" in probe["images_error"]
     assert [sum(p["type"] == "image_url" for p in r["messages"][0]["content"]) for r in probe_requests] == [4, 1]
     assert probe["detected"] == "norm1000-yx" and probe["matches"]

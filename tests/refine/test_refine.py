@@ -8,7 +8,7 @@ from refineg.config import LLMConfig
 from refineg.errors import ParseError
 from refineg.llm import LLMClient
 from refineg.refine import build_request, merge, parse
-from refineg.synth.typesets import load_typeset
+from refineg.llm.typesets import load_typeset
 from refineg.testing.fake_openai import FakeOpenAIServer, Reply
 from refineg.types import Entity, Prediction, Sample
 

@@ -68,3 +68,15 @@ def test_charts_draw_bins_and_the_curve():
     svg = reliability_svg([0.05, 0.95, 0.9, 0.5], [False, True, True, False])
     assert svg.count('class="bar"') == 3
     assert "polyline" in risk_coverage_svg([0.9, 0.1], [True, False], kept_share=0.5)
+
+
+def test_the_page_says_when_no_box_was_predicted_and_why(twitter_train, tmp_path):
+    from refineg.report import boxes_note
+
+    gold = [s for s in load_samples(twitter_train) if s.id == "O_3498"]
+    preds = [Prediction(s.id, tuple(e.with_(source="tagger", boxes=()) for e in s.entities)) for s in gold]
+    note = boxes_note(preds, {"llm_configured": False})
+    assert "no MLLM was configured" in note
+    page = build_report(preds, gold, tmp_path, [SAMPLE_IMAGE.parent], notes=[note]).read_text()
+    assert "No box was predicted" in page and '"no box predicted"' in page and '"wrong box"' not in page
+    assert boxes_note([p.with_(entities=gold[0].entities) for p in preds], {}) is None

@@ -7,7 +7,7 @@ from refineg.data import load_samples
 from refineg.synth import synthesize
 from refineg.synth.replace import mention_replacement
 from refineg.synth.task import parse
-from refineg.synth.typesets import load_typeset
+from refineg.llm.typesets import load_typeset
 from refineg.testing.fake_openai import FakeOpenAIServer, Reply
 from refineg.types import Entity, Sample
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import DataError
 from ..types import Sample
 from .ccks import read_ccks, write_ccks
-from .jsonl import read_jsonl, read_posts, read_predictions, write_jsonl
+from .jsonl import iter_jsonl, read_jsonl, read_posts, read_predictions, write_jsonl
 from .textio import text_lines
-from .twitter_gmner import read_token_columns, read_twitter, write_twitter
+from .twitter_gmner import iter_twitter, read_token_columns, read_twitter, write_twitter
+
+PEEK_LINES = 5000  # lines read to tell a file's kind
 
 FORMATS = ("jsonl", "twitter", "ccks")
 
@@ -66,17 +70,45 @@ def load_dataset(path: str | Path, ids: list[str] | None = None, fmt: str | None
     else:
         raise DataError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})", path)
     if ids is not None:
-        by_id = {s.id: s for s in samples}
-        unknown = [i for i in ids if i not in by_id]
-        if unknown:
-            raise DataError(f"{len(unknown)} id(s) not in the data, e.g. {unknown[:3]}", path)
-        samples = [by_id[i] for i in ids]
+        samples = pick_ids(samples, ids, path)
     return Dataset(tuple(samples), path, fmt, report)
+
+
+def pick_ids(samples: list[Sample], ids: list[str], path: str | Path) -> list[Sample]:
+    """The samples with these ids, in the ids' order; DataError naming the ids that are not there."""
+    by_id = {s.id: s for s in samples}
+    unknown = [i for i in ids if i not in by_id]
+    if unknown:
+        raise DataError(f"{len(unknown)} id(s) not in the data, e.g. {unknown[:3]}", path)
+    return [by_id[i] for i in ids]
 
 
 def load_samples(path: str | Path, ids: list[str] | None = None) -> list[Sample]:
     """The samples of any supported input."""
     return list(load_dataset(path, ids).samples)
+
+
+def iter_samples(path: str | Path) -> Iterator[Sample]:
+    """The posts of anything a run takes, one at a time (a file is never held in memory whole): the labelled
+    formats (their gold kept, for scores), or posts without labels, as ``load_unlabeled`` reads them. A ``.txt``
+    is a Twitter-GMNER split when its token lines carry tags; otherwise its kind comes from its lines."""
+    path = Path(path)
+    kind = _unlabeled_kind(path) if path.is_file() and path.suffix not in (".jsonl", ".json") else None
+    if kind == "columns" and _tagged(path):
+        yield from iter_twitter(path)
+    elif kind in ("columns", "text") or (kind == "jsonl" and path.suffix not in (".jsonl", ".json")):
+        yield from load_unlabeled(path)
+    elif detect_format(path) == "jsonl":
+        yield from iter_jsonl(path)
+    else:
+        yield from load_samples(path)
+
+
+def _tagged(path: Path) -> bool:
+    """True when most token lines of a token-per-line file have a second (tag) column."""
+    lines = [ln for _, ln in itertools.islice(text_lines(path), PEEK_LINES)
+             if ln.strip() and not ln.startswith("IMGID:")]
+    return sum(len(ln.split("\t") if "\t" in ln else ln.split()) >= 2 for ln in lines) >= 0.5 * max(1, len(lines))
 
 
 def load_unlabeled(path: str | Path) -> list[Sample]:
@@ -109,7 +141,7 @@ def _unlabeled_kind(path: Path) -> str:
         return "dataset"
     if path.suffix in (".jsonl", ".json"):
         return "jsonl"
-    lines = [line for _, line in text_lines(path)]
+    lines = [line for _, line in itertools.islice(text_lines(path), PEEK_LINES)]
     first = next((line.strip() for line in lines if line.strip()), "")
     if first.startswith("IMGID:") or path.suffix == ".conll" or _token_per_line(lines):
         return "columns"
@@ -163,6 +195,6 @@ def save_samples(samples: list[Sample], path: str | Path, fmt: str | None = None
 
 
 __all__ = [
-    "Dataset", "FORMATS", "detect_format", "load_dataset", "load_samples", "load_unlabeled", "read_ids",
+    "Dataset", "FORMATS", "detect_format", "iter_samples", "pick_ids", "load_dataset", "load_samples", "load_unlabeled", "read_ids",
     "output_format", "read_predictions", "save_samples",
 ]

@@ -8,8 +8,9 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Callable
+import re
+from pathlib import Path, PurePosixPath
+from typing import IO, Callable, Sequence
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -42,11 +43,26 @@ class SentImage:
         return box.scaled(1 / sx, 1 / sy).clipped(*self.sent_size)
 
 
-def find_image(name: str | None, folders: list[Path]) -> Path | None:
-    """The first folder's file of that name, or None (also when there is no name)."""
-    if not name:
+def find_image(name: str | None, folders: Sequence[Path]) -> Path | None:
+    """The first folder's file of that name, or None (also when there is no name, or a name that would reach
+    outside the folders: absolute, or with a ``..`` part)."""
+    if not name or not safe_name(name):
         return None
     return next((f / name for f in folders if (f / name).is_file()), None)
+
+
+def safe_name(name: str) -> bool:
+    """True for an image name that stays inside the folder it is looked up in (no absolute path, no ``..``,
+    no drive or home folder)."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    return not path.is_absolute() and ".." not in path.parts and not re.match(r"^[A-Za-z]:|^~", name)
+
+
+def image_folders(given: Sequence[str | Path], data: str | Path | None) -> tuple[Path, ...]:
+    """Where a run looks for its posts' images: the folders given, else the data file's own folder."""
+    if given:
+        return tuple(Path(p) for p in given)
+    return (Path(data).parent,) if data is not None else ()
 
 
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding (a 20000x20000 file would need 1.2 GB)

@@ -149,10 +149,14 @@ def _records(path: Path) -> Iterator[tuple[int, dict, _Record, str]]:
 
 def read_jsonl(path: str | Path) -> list[Sample]:
     """Samples of a canonical JSONL file; tokens come from ``tokens`` or by tokenising ``text``."""
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: str | Path) -> Iterator[Sample]:
+    """The samples of a canonical JSONL file, one at a time."""
     from .tokenize import tokenize
 
     path = Path(path)
-    out = []
     for lineno, obj, rec, sid in _records(path):
         tokens = tuple(rec.tokens) if rec.tokens is not None else None
         if tokens is None:
@@ -161,11 +165,8 @@ def read_jsonl(path: str | Path) -> list[Sample]:
             tokens = tuple(tokenize(rec.text))
         ents = tuple(_entity(e, tokens, path, lineno, sid, "gold") for e in rec.entities or [])
         size = (rec.width, rec.height) if rec.width and rec.height else None
-        out.append(Sample(
-            id=sid, tokens=tokens, entities=ents, image=rec.image, image_size=size,
-            raw_text=rec.text, meta={k: v for k, v in obj.items() if k not in _SAMPLE_KEYS},
-        ))
-    return out
+        yield Sample(id=sid, tokens=tokens, entities=ents, image=rec.image, image_size=size,
+                     raw_text=rec.text, meta={k: v for k, v in obj.items() if k not in _SAMPLE_KEYS})
 
 
 def read_posts(path: str | Path) -> list[Sample]:
@@ -213,65 +214,18 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     return out
 
 
-def entity_dict(e: Entity) -> dict:
-    """The canonical JSON form of an entity."""
-    d: dict[str, Any] = {}
-    if e.has_span:
-        d["start"], d["end"] = e.start, e.end
-    d.update(text=e.text, type=e.type, boxes=[b.as_list() for b in e.boxes])
-    if e.score is not None:
-        d["score"] = round(e.score, 6)
-    d["source"] = e.source
-    if e.decision is not None:
-        d["decision"] = e.decision
-    return d
-
-
-def sample_dict(s: Sample) -> dict:
-    """The canonical JSON form of a sample."""
-    d: dict[str, Any] = {"id": s.id, "tokens": list(s.tokens), "image": s.image}
-    if s.raw_text is not None:
-        d["text"] = s.raw_text
-    if s.image_size:
-        d["width"], d["height"] = s.image_size
-    d["entities"] = [entity_dict(e) for e in s.entities]
-    d.update(s.meta)
-    return d
-
-
-def prediction_dict(p: Prediction) -> dict:
-    """The canonical JSON form of a prediction."""
-    d: dict[str, Any] = {"id": p.id}
-    if p.tokens is not None:
-        d["tokens"] = list(p.tokens)
-    if p.image is not None:
-        d["image"] = p.image
-    d["entities"] = [entity_dict(e) for e in p.entities]
-    if p.missing_score is not None:
-        d["missing_score"] = round(p.missing_score, 6)
-    d["delegated"] = p.delegated
-    if p.maybe_missing:
-        d["maybe_missing"] = True
-    d.update(p.meta)
-    return d
-
-
-def _as_dict(item: Sample | Prediction) -> dict:
-    return sample_dict(item) if isinstance(item, Sample) else prediction_dict(item)
-
-
 def write_jsonl(items: Iterable[Sample | Prediction], path: str | Path) -> None:
     """Write samples or predictions atomically (temp file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as fh:
         for item in items:
-            fh.write(json.dumps(_as_dict(item), ensure_ascii=False, allow_nan=False) + "\n")
+            fh.write(json.dumps(item.to_dict(), ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def json_line(item: Sample | Prediction) -> str:
     """The canonical JSONL line of a sample or prediction, with its newline."""
-    return json.dumps(_as_dict(item), ensure_ascii=False) + "\n"
+    return json.dumps(item.to_dict(), ensure_ascii=False) + "\n"
 
 
 def append_jsonl(item: Sample | Prediction, fh) -> None:

@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import DataError
 from ..types import Box, Entity, Sample
@@ -139,20 +140,25 @@ def read_token_columns(path: str | Path) -> list[Sample]:
 
 def read_twitter(path: str | Path, types: tuple[str, ...] | None = TWITTER_TYPES) -> tuple[list[Sample], Counter]:
     """Samples of a Twitter-GMNER split file with their boxes, and a counter of what was odd."""
+    report: Counter = Counter()
+    return list(iter_twitter(path, types, report)), report
+
+
+def iter_twitter(path: str | Path, types: tuple[str, ...] | None = TWITTER_TYPES,
+                 report: Counter | None = None) -> Iterator[Sample]:
+    """The samples of a Twitter-GMNER split file one at a time, with their boxes; what was odd goes to report."""
     path = Path(path)
     if not path.is_file():
         raise DataError("no such file", path)
     xml_dir = xml_dir_for(path)
-    report: Counter = Counter()
-    samples: list[Sample] = []
+    report = Counter() if report is None else report
     seen: set[str] = set()
     for sid, tokens, tags, lineno in _parse_conll(path, types):
         if sid in seen:
             raise DataError(f"duplicate IMGID {sid}", path, lineno)
         seen.add(sid)
         voc = read_voc(xml_dir / f"{sid}.xml") if (xml_dir / f"{sid}.xml").is_file() else None
-        samples.append(_sample_from(sid, tokens, tags, voc, report))
-    return samples, report
+        yield _sample_from(sid, tokens, tags, voc, report)
 
 
 def _sample_from(sid: str, tokens: list[str], tags: list[str], voc: VocAnnotation | None, report: Counter) -> Sample:

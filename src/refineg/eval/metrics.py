@@ -140,3 +140,15 @@ def score(gold: Sequence[Sample], preds: Sequence[Prediction]) -> Scores:
     types = sorted(set(n_pred) | set(n_gold))
     per_type = {t: {m: PRF(tp[m][t], n_pred[t], n_gold[t]) for m in ("gmner", "mner")} for t in types}
     return Scores(overall, per_type, len(extra), len(gold_ids - set(by_id)))
+
+
+def swapped_hint(gold: Sequence[Sample], preds: Sequence[Prediction]) -> str | None:
+    """A warning when GOLD looks like predictions (its entities carry scores, or a tagger or MLLM made them),
+    the mark of arguments given the wrong way round; None otherwise."""
+    predicted = [e for s in gold for e in s.entities if e.score is not None or e.source in ("tagger", "mllm")]
+    if not predicted:
+        return None
+    plain = bool(preds) and all(e.source == "gold" for p in preds for e in p.entities) and any(p.entities for p in preds)
+    what = "and PRED looks like gold: were they given the wrong way round (evaluate GOLD PRED)?" if plain else \
+        "is it a predictions file? evaluate takes GOLD first, then PRED"
+    return f"{len(predicted)} entities of GOLD carry a score or a tagger/MLLM source, {what}"

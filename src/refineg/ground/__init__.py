@@ -1,47 +1,30 @@
 """Stage 3: grounding. The MLLM draws boxes for given entities, shown the K most similar labelled
-demos with their gold boxes in each demo's sent-image pixels."""
+demos with their gold boxes in each demo's sent-image pixels. ``Grounder`` is the stage."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
-from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Sequence
 
 from ..data.images import SentImage
 from ..eval.metrics import normalise
-from ..llm import LLMRequest, image_part
+from ..llm.client import LLMRequest, image_part
 from ..llm.families import Family, resolve
+from ..llm.prompts import Template, box_rules, entity_lines, template
 from ..llm.replies import RawBox, Reading, read_boxes
-from ..synth.task import Template
-from ..synth.typesets import TypeSet, load_typeset
+from ..llm.stage import LLMStage, Outcome, Post
+from ..llm.typesets import TypeSet, load_typeset
 from ..types import Entity, Prediction, Sample
 
-PROMPTS = Path(__file__).parent / "prompts"
 GENERIC = resolve("pixels", None).family
 MAX_BOXES = 4  # per entity: a bound for constrained decoding
 
 
-@lru_cache(maxsize=None)
-def load_template(name: str) -> Template:
-    """A grounding prompt template by file name (read once)."""
-    return Template.load(PROMPTS / name)
-
-
 def instructions(family: Family, typeset: TypeSet) -> tuple[Template, str]:
     """The family's grounding template and its filled-in instruction text."""
-    template = load_template(family.template)
-    return template, template.text.format(coords=family.convention.describe(), rules=rules(),
-                                          types=typeset.describe()).strip()
-
-
-@lru_cache(maxsize=None)
-def rules() -> str:
-    """The rules for what gets a box, shared by every grounding template."""
-    return (PROMPTS / "rules.txt").read_text(encoding="utf-8").strip()
+    prompt = template(family.template)
+    return prompt, prompt.render(coords=family.convention.describe(), rules=box_rules(), types=typeset.describe()).strip()
 
 
 def schema(entities: Sequence[Entity]) -> dict:
@@ -71,7 +54,7 @@ def build_request(query: Sample, entities: Sequence[Entity], image: SentImage,
                   demos: Sequence[tuple[Sample, SentImage]], family: Family = GENERIC,
                   typeset: TypeSet | None = None) -> LLMRequest:
     """One multimodal request in the family's dialect: K demos (image, post, gold answer), then the query."""
-    template, text = instructions(family, typeset or load_typeset("twitter"))
+    prompt, text = instructions(family, typeset or load_typeset("twitter"))
     content: list[dict] = [{"type": "text", "text": text}]
     for k, (demo, demo_image) in enumerate(demos, 1):
         w, h = demo_image.sent_size
@@ -84,29 +67,19 @@ def build_request(query: Sample, entities: Sequence[Entity], image: SentImage,
     content += [
         {"type": "text", "text": f"Now the post to answer. Image ({w}x{h} pixels):"},
         image_part(image),
-        {"type": "text", "text": f"Post: {query.text}\nEntities: {_entity_list(entities)}\n"
+        {"type": "text", "text": f"Post: {query.text}\nEntities to locate:\n{entity_lines(entities)}\n"
                                  "Ground exactly these entities; do not add, drop or rename any. "
                                  "Answer in the format asked for above."},
     ]
     req_schema = schema(entities) if family.style == "json" else None  # a native dialect is not JSON of ours
-    return LLMRequest("grounding", f"{template.name}:{family.name}", template.version,
+    return LLMRequest("grounding", f"{prompt.name}:{family.name}", prompt.version,
                       [{"role": "user", "content": content}], req_schema, query.id)
-
-
-def _entity_list(entities: Sequence[Entity]) -> str:
-    # kept as one JSON line: replay servers and oracles read the query's entities from it
-    return json.dumps({"entities": [{"text": e.text, "type": e.type} for e in entities]}, ensure_ascii=False)
 
 
 def parse(text: str, family: Family = GENERIC, image: SentImage | None = None) -> Reading:
     """The labelled boxes of a reply in any dialect; of several JSON blocks, those that fit the family's
     convention win. ParseError when the reply holds no answer at all."""
     return read_boxes(text, lambda values: family.convention.fits(values, image))
-
-
-def parser(family: Family, image: SentImage | None):
-    """parse() bound to one family and one sent image."""
-    return lambda text: parse(text, family, image)
 
 
 def _key(text: str) -> str:
@@ -130,14 +103,6 @@ def _match(label: str, keys: list[str]) -> list[int]:
     return [i for o, i in overlap if o == best] if best >= 0.5 else []
 
 
-@dataclass(frozen=True)
-class Grounded:
-    """A prediction with boxes and counts of what happened to the answer's boxes."""
-
-    prediction: Prediction
-    counts: Counter
-
-
 def assign(reading: Reading, entities: Sequence[Entity]) -> tuple[list[list[RawBox]], Counter]:
     """The reply's boxes per entity, by label; unlabelled boxes go to the entity when only one was asked about."""
     counts: Counter = Counter()
@@ -159,24 +124,49 @@ def assign(reading: Reading, entities: Sequence[Entity]) -> tuple[list[list[RawB
     return per, counts
 
 
-def apply_boxes(pred: Prediction, reading: Reading, image: SentImage, family: Family = GENERIC) -> Grounded:
-    """Boxes from the reply mapped back to original pixels and clipped; bad ones dropped one at a time, counted."""
+def apply_boxes(pred: Prediction, reading: Reading, image: SentImage, family: Family = GENERIC) -> Outcome:
+    """Boxes from the reply mapped back to original pixels and clipped a little where they pass the edge; reversed
+    or absurd ones are rejected, flat ones dropped, one at a time, each counted."""
     per, counts = assign(reading, pred.entities)
     counts.update(reading.counts)
     ents = []
     for e, raw in zip(pred.entities, per):
         boxes: list = []
         for r in raw:
-            box, clipped = family.convention.to_original(r.values, image)
+            box, status = family.convention.to_original(r.values, image)
+            if box is None:
+                counts[f"box_rejected_{status}"] += 1
+                continue
             if box.is_degenerate:
                 counts["box_dropped_degenerate"] += 1
                 continue
-            counts["box_clipped"] += clipped
+            counts["box_clipped"] += status == "clipped"
             if box not in boxes:
                 boxes.append(box)
         counts["grounded" if boxes else "not_in_image"] += 1
         ents.append(e.with_(boxes=tuple(boxes)))
-    return Grounded(pred.with_(entities=tuple(ents)), counts)
+    return Outcome(pred.with_(entities=tuple(ents)), counts)
 
 
-__all__ = ["Grounded", "apply_boxes", "assign", "build_request", "instructions", "parse", "parser", "schema"]
+class Grounder(LLMStage[Reading]):
+    """The grounding stage: boxes for the post's entities, in the family's dialect, after its demonstrations."""
+
+    name = "grounding"
+
+    def __init__(self, typeset: TypeSet, family: Family = GENERIC):
+        self.typeset, self.family = typeset, family
+
+    def request(self, post: Post) -> LLMRequest:
+        """The demonstrations, then the post's image, text and entities."""
+        return build_request(post.sample, post.prediction.entities, post.image, post.demos, self.family, self.typeset)
+
+    def parse(self, post: Post, text: str) -> Reading:
+        """The labelled boxes of a reply."""
+        return parse(text, self.family, post.image)
+
+    def apply(self, post: Post, answer: Reading) -> Outcome:
+        """The post's entities with the answer's boxes, in original pixels."""
+        return apply_boxes(post.prediction, answer, post.image, self.family)
+
+
+__all__ = ["Grounder", "apply_boxes", "assign", "build_request", "instructions", "parse", "schema"]

@@ -18,12 +18,15 @@ from pydantic import BaseModel, Field
 from .. import refine
 from ..data.images import SentImage
 from ..eval.metrics import normalise
-from ..llm import LLMRequest, image_part, parse_answer
+from ..llm.client import LLMRequest, image_part
 from ..llm.families import Family
+from ..llm.jsonparse import parse_answer
+from ..llm.prompts import box_rules, template
 from ..llm.replies import Reading, read_boxes
-from ..synth.typesets import TypeSet
+from ..llm.stage import LLMStage, Outcome, Post
+from ..llm.typesets import TypeSet
 from ..types import Prediction, Sample
-from . import GENERIC, MAX_BOXES, Grounded, apply_boxes, load_template, rules
+from . import GENERIC, MAX_BOXES, apply_boxes
 
 TEMPLATE = "refine_ground.txt"
 
@@ -60,10 +63,10 @@ def schema(types: Sequence[str], max_items: int) -> dict:
 def build_request(sample: Sample, pred: Prediction, image: SentImage, demos: Sequence[tuple[Sample, SentImage]],
                   typeset: TypeSet, family: Family = GENERIC) -> LLMRequest:
     """One request: the demos (image, post, gold entities with boxes), then the post with its KEPT and UNCERTAIN entities."""
-    template = load_template(TEMPLATE)
+    prompt = template(TEMPLATE)
     missing = refine.asks_for_additions(pred)
-    text = template.text.format(domain=typeset.domain, types=typeset.describe(), rules=rules(), task=refine.task_text(pred),
-                                coords=family.convention.describe(), type_names=", ".join(typeset.names)).strip()
+    text = prompt.render(domain=typeset.domain, types=typeset.describe(), rules=box_rules(), task=refine.task_text(pred),
+                         coords=family.convention.describe(), type_names=", ".join(typeset.names)).strip()
     conv = family.convention
     content: list[dict] = [{"type": "text", "text": text}]
     for k, (demo, demo_image) in enumerate(demos, 1):
@@ -77,7 +80,7 @@ def build_request(sample: Sample, pred: Prediction, image: SentImage, demos: Seq
                 {"type": "text", "text": f"POST: {sample.text}\nEntities found by the tagger:\n"
                                          + refine.entity_lines(pred)}]
     max_items = len(pred.entities) + (3 if missing else 1)
-    return LLMRequest("combined", f"{template.name}:{family.name}", template.version,
+    return LLMRequest("combined", f"{prompt.name}:{family.name}", prompt.version,
                       [{"role": "user", "content": content}], schema(typeset.names, max_items), sample.id)
 
 
@@ -88,13 +91,8 @@ def parse(text: str, family: Family = GENERIC, image: SentImage | None = None) -
     return CombinedAnswer([refine.RefinedEntity(text=e.text, type=e.type) for e in entities], reading)
 
 
-def parser(family: Family, image: SentImage | None):
-    """parse() bound to one family and one sent image."""
-    return lambda text: parse(text, family, image)
-
-
 def apply(sample: Sample, pred: Prediction, answer: CombinedAnswer, image: SentImage, types: tuple[str, ...],
-          family: Family = GENERIC) -> Grounded:
+          family: Family = GENERIC) -> Outcome:
     """The merged prediction (kept entities untouched, uncertain ones corrected) with boxes from the same reply."""
     kept = {(normalise(e.text), e.type) for e in pred.entities if e.decision != "delegate"}
     counts: Counter = Counter()
@@ -108,4 +106,25 @@ def apply(sample: Sample, pred: Prediction, answer: CombinedAnswer, image: SentI
     grounded = apply_boxes(merged.prediction, answer.reading, image, family)
     counts.update({f"refine_{k}": v for k, v in merged.counts.items()})
     counts.update(grounded.counts)
-    return Grounded(grounded.prediction, counts)
+    return Outcome(grounded.prediction, counts)
+
+
+class RefineAndGround(LLMStage[CombinedAnswer]):
+    """Refinement and grounding of a delegated post with an image, in one request."""
+
+    name = "combined"
+
+    def __init__(self, typeset: TypeSet, types: tuple[str, ...], family: Family = GENERIC):
+        self.typeset, self.types, self.family = typeset, types, family
+
+    def request(self, post: Post) -> LLMRequest:
+        """The demonstrations, then the post with its KEPT and UNCERTAIN entities."""
+        return build_request(post.sample, post.prediction, post.image, post.demos, self.typeset, self.family)
+
+    def parse(self, post: Post, text: str) -> CombinedAnswer:
+        """The corrected entities and boxes of a reply."""
+        return parse(text, self.family, post.image)
+
+    def apply(self, post: Post, answer: CombinedAnswer) -> Outcome:
+        """The merged prediction with the reply's boxes."""
+        return apply(post.sample, post.prediction, answer, post.image, self.types, self.family)

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..data.textio import atomic_open
 from ..types import Entity, Sample
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,16 @@ def cached_embeddings(embed: Embed, texts: list[str], cache_dir: Path | None, ta
     key = hashlib.sha256((tag + "\x00" + "\x00".join(texts)).encode()).hexdigest()[:24]
     path = Path(cache_dir) / f"emb-{key}.npy"
     if path.is_file():
-        return np.load(path)
+        try:
+            vecs = np.load(path)
+            if vecs.shape[0] == len(texts):
+                return vecs
+        except (OSError, ValueError) as exc:
+            log.warning("%s: damaged embedding cache (%s), computed again", path, exc)
     vecs = embed(texts) if texts else np.zeros((0, 1), dtype=np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, vecs)
+    with atomic_open(path, "wb") as fh:
+        np.save(fh, vecs)
     return vecs
 
 

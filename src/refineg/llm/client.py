@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import threading
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
 
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..config import LLMConfig, api_key, default_cache_dir
 from ..data.images import SentImage, prepare_image
@@ -31,6 +34,42 @@ T = TypeVar("T")
 
 REASK = ("Your last answer could not be used: {error}. Answer again, in the form the first message asked for, "
          "and put nothing after the answer.")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A way an endpoint fails for good (matched on ``"STATUS body"``), and the fix to name."""
+
+    name: str
+    pattern: str
+    hint: str
+
+
+# Asking again cannot help with these: they are not retried, and the run names the fix.
+REFUSALS: tuple[Refusal, ...] = (
+    Refusal("no_images", r"image input is not supported|does not support (?:image|vision|multi-?modal)|not a multimodal|"
+            r"images? (?:are|is) not supported|no vision",
+            "this model takes no images: serve a vision-language model (with --llm-gguf, give its --llm-mmproj "
+            "too), or run without images"),
+    Refusal("too_many_images", r"at most \d+ images?|too many images|limit[_-]mm[_-]per[_-]prompt|images? per (?:prompt|request)",
+            "the endpoint takes fewer images per request than refineg sends (K demonstrations + 1): raise its "
+            "limit (vLLM: --limit-mm-per-prompt) or lower [ground] k"),
+    Refusal("auth", r"^40[13]\b", "the endpoint refused the API key: set $REFINEG_LLM_API_KEY (or $OPENAI_API_KEY)"),
+    Refusal("not_found", r"^404\b", "the endpoint has no such model or path: check --llm-model and that --llm-base-url ends "
+            "in /v1 (`refineg llm-check` shows what answers)"),
+    Refusal("context", r"context (?:length|window|size)|maximum context|too many tokens|exceeds the available context",
+            "the request is longer than the model's context: give the server a longer context, or lower "
+            "[ground] k or [llm] image_max_side"),
+    Refusal("quota", r"insufficient_quota|billing", "the account behind the API key has no quota left"),
+)
+# Statuses worth asking again whatever the body says (unless a refusal above matches first).
+TRANSIENT_STATUS = {408, 409, 425, 429}
+
+
+def refusal(status: int | None, body: str) -> Refusal | None:
+    """The permanent failure a reply's status and body describe, if any."""
+    text = f"{status or ''} {body}"
+    return next((r for r in REFUSALS if re.search(r.pattern, text, re.I)), None)
 
 
 @dataclass(frozen=True)
@@ -170,6 +209,8 @@ class LLMClient:
         self._sems = [asyncio.Semaphore(self.config.concurrency) for _ in self.endpoints]
         self._busy = [0] * len(self.endpoints)
         self._turn = 0
+        self._failed_in_row = 0  # requests that failed for good, one after the other
+        self._down_until = 0.0  # while the endpoint is taken as down, requests fail at once
 
     def _endpoint(self, avoid: int | None) -> int:
         """The least busy endpoint (taking turns on ties), other than the one that just failed if there is a choice."""
@@ -181,6 +222,18 @@ class LLMClient:
     def ask(self, request: LLMRequest, parse: Callable[[str], T]) -> LLMResult[T]:
         """The result of one request."""
         return self.run([request], parse, desc=request.stage)[0]
+
+    async def complete(self, request: LLMRequest, parse: Callable[[str], T]) -> LLMResult[T]:
+        """The result of one request, awaited on this client's event loop (inside a coroutine given to submit)."""
+        return await self._call(request, parse)
+
+    def start(self) -> None:
+        """Open the HTTP client and its event loop now (otherwise the first request does)."""
+        self._event_loop()
+
+    def submit(self, coro: Awaitable[T]) -> Future:
+        """Run a coroutine on this client's event loop (where complete() may be awaited); its future."""
+        return asyncio.run_coroutine_threadsafe(coro, self._event_loop())
 
     def image(self, image) -> SentImage:
         """An image (path or PIL image) resized as configured, in the model family's own frame where it has one."""
@@ -265,7 +318,28 @@ class LLMClient:
         return reply
 
     async def _post(self, stage: str, messages: list[dict], params: dict) -> tuple[str, dict, str | None]:
-        """The reply text, token usage and finish reason, retrying 429, 5xx, timeouts and connection errors."""
+        """The reply text, token usage and finish reason. 429, 5xx, timeouts and connection errors are retried;
+        an endpoint's refusal (REFUSALS) is not. Each attempt has ``timeout`` seconds in all, its reply included."""
+        try:
+            reply = await self._attempts(stage, messages, params)
+        except LLMError as exc:
+            if exc.attempts and not exc.refusal:  # sent and failed (a refusal is about the request, not the endpoint)
+                self._failed_in_row += 1
+                if self.config.give_up_after and self._failed_in_row >= self.config.give_up_after:
+                    self._down_until = time.monotonic() + min(60.0, self.config.timeout)
+            raise
+        self._failed_in_row, self._down_until = 0, 0.0
+        return reply
+
+    def _check_up(self, stage: str) -> None:
+        """Fail at once while the endpoint is taken as down (after give_up_after failures in a row); once the
+        pause is over, requests go out again, and one more failure takes it down again."""
+        if time.monotonic() < self._down_until:
+            raise LLMError(f"{stage}: not sent: the last {self._failed_in_row} requests to "
+                           f"{', '.join(self.endpoints)} failed, so the endpoint is taken as down for now", 0,
+                           hint="its rows are marked for a retry: rerun the same command once it answers")
+
+    async def _attempts(self, stage: str, messages: list[dict], params: dict) -> tuple[str, dict, str | None]:
         import openai
 
         cfg = self.config
@@ -275,15 +349,24 @@ class LLMClient:
             self._busy[where] += 1
             try:
                 async with self._sems[where]:
+                    self._check_up(stage)  # here, not before the queue: others may have failed meanwhile
                     self.usage.add(stage, requests=1)
-                    resp = await self._clients[where].chat.completions.create(model=self.model, messages=messages,
-                                                                              **params)
+                    resp = await asyncio.wait_for(self._clients[where].chat.completions.create(
+                        model=self.model, messages=messages, **params), cfg.timeout)
                 text, finish = _reply_text(resp)
                 return text, _usage(resp), finish
-            except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError) as exc:
-                last = _describe(exc)
+            except TimeoutError:  # the whole attempt took too long: a slow start or a reply sent slowly
+                last = f"no complete reply within {cfg.timeout:g} s"
             except openai.APIStatusError as exc:
-                raise LLMError(f"{stage}: the server refused the request ({exc.status_code})", attempt, _describe(exc)) from None
+                body = _body(exc)
+                refused = refusal(exc.status_code, body)
+                if refused or (exc.status_code < 500 and exc.status_code not in TRANSIENT_STATUS):
+                    raise LLMError(f"{stage}: the endpoint refused the request ({exc.status_code})", attempt,
+                                   _describe(exc), refusal=refused.name if refused else "refused",
+                                   hint=refused.hint if refused else None) from None
+                last = _describe(exc)
+            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                last = _describe(exc)
             except ValueError as exc:  # a 200 whose body is not a chat completion
                 last = f"malformed response: {exc}"
             finally:
@@ -293,7 +376,8 @@ class LLMClient:
                 self.usage.add(stage, retries=1)
                 log.info("%s: retry %d/%d in %.2fs after %s", stage, attempt, cfg.max_retries, delay, last)
                 await asyncio.sleep(delay)
-        raise LLMError(f"{stage}: no usable reply from {', '.join(self.endpoints)}", cfg.max_retries + 1, last)
+        raise LLMError(f"{stage}: no usable reply from {', '.join(self.endpoints)}", cfg.max_retries + 1, last,
+                       hint=_unreachable_hint(last))
 
 
 def image_part(sent: SentImage) -> dict:
@@ -323,7 +407,24 @@ def _usage(resp: Any) -> dict[str, int]:
     return {"prompt_tokens": getattr(u, "prompt_tokens", 0) or 0, "completion_tokens": getattr(u, "completion_tokens", 0) or 0}
 
 
+def _body(exc: Exception) -> str:
+    """The text of an error reply (empty when there is none)."""
+    try:
+        return getattr(getattr(exc, "response", None), "text", None) or ""
+    except Exception:  # a streamed body that cannot be read again
+        return ""
+
+
 def _describe(exc: Exception) -> str:
     status = getattr(exc, "status_code", None)
-    body = getattr(getattr(exc, "response", None), "text", None)
+    body = _body(exc)
     return f"{type(exc).__name__}" + (f" {status}" if status else "") + (f": {body[:300]}" if body else f": {exc}")
+
+
+def _unreachable_hint(last: str | None) -> str | None:
+    """What to check when nothing usable came back at all."""
+    if last and last.startswith("APIConnectionError"):
+        return "nothing answers at that address: is the server running, and is the URL right (http://HOST:PORT/v1)?"
+    if last and last.startswith("no complete reply"):
+        return "the endpoint is too slow or stalled: raise --llm-timeout, or lower --llm-concurrency"
+    return None

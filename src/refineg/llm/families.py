@@ -16,6 +16,7 @@ GLM-4.xV, CogVLM and MiniCPM-V model cards (0-1000; CogVLM zero-pads to three di
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -23,6 +24,9 @@ from typing import Callable, Sequence
 from ..data.images import SentImage, qwen25_frame
 from ..errors import ConfigError
 from ..types import Box
+
+
+MIN_INSIDE = 0.5  # a box less than half inside the image is not a clipping matter: it is rejected
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,14 @@ class Convention:
     scale: float | None = None  # None: pixels of the image as sent
     yx: bool = False  # [ymin, xmin, ymax, xmax]
 
-    def to_original(self, values: Sequence[float], image: SentImage) -> tuple[Box, bool]:
-        """The box in original pixels, clipped to the image; and whether clipping changed it."""
+    def to_original(self, values: Sequence[float], image: SentImage) -> tuple[Box | None, str]:
+        """The box in original pixels, clipped to the image, and what happened: ``ok``, ``clipped``, or why it
+        was rejected: ``reversed`` (a max before its min: a box of another convention, never repaired) or
+        ``outside`` (less than half of it in the image, or absurd numbers)."""
         a, b, c, d = values
         x1, y1, x2, y2 = (b, a, d, c) if self.yx else (a, b, c, d)
-        x1, x2 = sorted((x1, x2))
-        y1, y2 = sorted((y1, y2))
+        if x2 < x1 or y2 < y1:
+            return None, "reversed"
         w, h = image.original_size
         if self.scale is None:
             sx, sy = image.scale
@@ -46,7 +52,10 @@ class Convention:
             sx, sy = w / self.scale, h / self.scale
         raw = Box(x1 * sx, y1 * sy, x2 * sx, y2 * sy)
         box = raw.clipped(w, h)
-        return box, box != raw
+        if not all(math.isfinite(v) for v in (raw.xmin, raw.ymin, raw.xmax, raw.ymax)) or \
+                (raw.area > 0 and box.area < MIN_INSIDE * raw.area):
+            return None, "outside"
+        return box, "clipped" if box != raw else "ok"
 
     def from_original(self, box: Box, image: SentImage) -> list[int | float]:
         """A box in original pixels written in this convention (for demonstrations)."""

@@ -59,7 +59,7 @@ def detect(text: str, probe: SentImage, expected: Convention) -> dict:
     conventions = {**CONVENTIONS, expected.name: expected}
     ious = {}
     for name, conv in conventions.items():
-        boxes = [conv.to_original(b.values, probe)[0] for b in reading.boxes]
+        boxes = [box for b in reading.boxes if (box := conv.to_original(b.values, probe)[0]) is not None]
         ious[name] = round(max((b.iou(PROBE_BOX) for b in boxes), default=0.0), 3)
     best = max(ious, key=lambda n: (ious[n], n == expected.name)) if ious else None
     detected = best if best is not None and ious[best] >= MIN_IOU else None
@@ -67,25 +67,46 @@ def detect(text: str, probe: SentImage, expected: Convention) -> dict:
     return {"detected": detected, "iou": ious, "matches": same, "boxes": len(reading.boxes)}
 
 
+CHECK_BACKOFF = (0.2, 1.0)  # first and longest wait between retries: a check answers in seconds, not minutes
+
+
 def check(config: LLMConfig, images: int = 0) -> dict:
-    """A live round trip (model, latency, JSON-schema answer), and with images > 0 the grounding probe."""
-    config = config.model_copy(update={"cache": False})
+    """A live round trip (model, latency, JSON-schema answer), and with images > 0 the grounding probe. ``ok``
+    says whether the endpoint is usable as configured; ``error`` says what is wrong and how to fix it. Retries wait
+    at most a second: the check answers in seconds."""
+    config = config.model_copy(update={"cache": False, "backoff_base": min(config.backoff_base, CHECK_BACKOFF[0]),
+                                       "backoff_max": min(config.backoff_max, CHECK_BACKOFF[1]), "give_up_after": 0})
     schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["pong"]}}, "required": ["answer"]}
     req = LLMRequest("check", "llm-check", "2", [
         {"role": "user", "content": 'Reply with the JSON object {"answer": "pong"} and nothing else.'}], schema, "check")
     with LLMClient(config, show_progress=False) as client:
         t0 = time.perf_counter()
         result = client.ask(req, _pong)
+        reachable = result.reason != "transport"
         report = {
-            "model": client.model, "base_url": client.base_url, "ok": result.reason != "transport",
-            "latency_s": round(time.perf_counter() - t0, 3), "json_schema_requested": config.json_schema,
-            "json_valid": result.ok, "error": result.error, "box_format": client.dialect.family.name,
-            "box_format_note": client.dialect.note,
+            "model": client.model, "base_url": client.base_url, "reachable": reachable,
+            "latency_s": round(time.perf_counter() - t0, 3) if reachable else None,
+            "json_schema_requested": config.json_schema, "json_valid": result.ok, "error": _problem(result, config),
+            "box_format": client.dialect.family.name, "box_format_note": client.dialect.note,
         }
-        if images and report["ok"]:
+        if images and reachable:
             report["probe"] = _probe(client, images)
         report["usage"] = client.summary()["total"]
+    probe = report.get("probe")
+    report["ok"] = reachable and result.ok and (probe is None or (probe["images_accepted"] and probe["matches"]))
     return report
+
+
+def _problem(result, config: LLMConfig) -> str | None:
+    """What went wrong with the round trip, and the fix, in words (None when nothing did)."""
+    if result.ok:
+        return None
+    if result.reason == "transport":
+        return result.error
+    got = (result.raw or "").strip().replace("\n", " ")[:120]
+    fix = ("the backend may ignore JSON schemas (try --no-json-schema), or the model is too small to follow "
+           "instructions") if config.json_schema else "the model does not follow the instruction"
+    return f"the model answered, but not with the JSON object asked for (got {got!r}): {fix}"
 
 
 def _pong(text: str) -> str:
@@ -106,6 +127,8 @@ def _probe(client: LLMClient, n_images: int) -> dict:
     out = {"images_sent": n_images, "images_accepted": accepted, "sent_size": list(probe.sent_size)}
     if not accepted:
         out["images_error"] = res.error
+        if getattr(res.exception, "refusal", None) == "no_images" or n_images == 1:
+            return {**out, "detected": None, "matches": False}  # asking again with fewer images cannot help
         res = client.ask(probe_request(family, [], probe), lambda text: text)  # still learn the convention
         if res.reason == "transport":
             return {**out, "detected": None, "matches": False, "error": res.error}

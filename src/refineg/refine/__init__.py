@@ -1,26 +1,27 @@
 """Stage 2b: the MLLM re-checks the entities the gate delegated, and may add missed ones.
 
-``build_request`` gives the messages and ``parse`` reads the answer; ``merge`` keeps every
-confident entity as it is and replaces the uncertain ones with the validated refined list.
+``Refiner`` is the stage: ``build_request`` gives the messages and ``parse`` reads the answer;
+``merge`` keeps every confident entity as it is and replaces the uncertain ones with the validated
+refined list.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 from pydantic import BaseModel, Field
 
 from ..data.images import SentImage
 from ..data.tokenize import tokenize
-from ..llm import LLMRequest, image_part, parse_answer
-from ..synth.task import Template
-from ..synth.typesets import TypeSet
+from ..llm.client import LLMRequest, image_part
+from ..llm.jsonparse import parse_answer
+from ..llm.prompts import template
+from ..llm.stage import LLMStage, Outcome, Post
+from ..llm.typesets import TypeSet
 from ..types import Entity, Prediction, Sample
 
-TEMPLATE = Path(__file__).parent / "prompts" / "refine.txt"
+TEMPLATE = "refine.txt"
 
 
 class RefinedEntity(BaseModel):
@@ -59,21 +60,20 @@ def needs_refinement(pred: Prediction) -> bool:
     return pred.delegated
 
 
-def build_request(sample: Sample, pred: Prediction, typeset: TypeSet, image: SentImage | None = None,
-                  template: Template | None = None) -> LLMRequest:
+def build_request(sample: Sample, pred: Prediction, typeset: TypeSet, image: SentImage | None = None) -> LLMRequest:
     """One chain-of-thought request for a sample's uncertain entities (and missed ones, if the gate flagged it)."""
-    template = template or Template.load(TEMPLATE)
+    prompt = template(TEMPLATE)
     n_uncertain = sum(1 for e in pred.entities if e.decision == "delegate")
     missing = asks_for_additions(pred)
-    prompt = template.text.format(domain=typeset.domain, types=typeset.describe(), text=sample.text,
-                                  entities=entity_lines(pred), task=task_text(pred),
-                                  added=" and any missed entity you add" if missing else "",
-                                  type_names=", ".join(typeset.names))
-    content: list[dict] = [{"type": "text", "text": prompt}]
+    text = prompt.render(domain=typeset.domain, types=typeset.describe(), text=sample.text,
+                         entities=entity_lines(pred), task=task_text(pred),
+                         added=" and any missed entity you add" if missing else "",
+                         type_names=", ".join(typeset.names))
+    content: list[dict] = [{"type": "text", "text": text}]
     if image is not None:
         content.insert(0, image_part(image))
     max_items = max(1, n_uncertain) + (3 if missing else 1)  # a boundary fix may split one entity into two
-    return LLMRequest("refinement", template.name, template.version, [{"role": "user", "content": content}],
+    return LLMRequest("refinement", prompt.name, prompt.version, [{"role": "user", "content": content}],
                       schema(typeset.names, max_items), sample.id)
 
 
@@ -113,15 +113,7 @@ def _occurrences(tokens: tuple[str, ...], name: str) -> list[tuple[int, int]]:
     return [(i, i + n) for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n]) == needle]
 
 
-@dataclass(frozen=True)
-class Merged:
-    """A merged prediction and counts of what happened to the refined entities."""
-
-    prediction: Prediction
-    counts: Counter
-
-
-def merge(sample: Sample, pred: Prediction, refined: list[RefinedEntity], types: tuple[str, ...]) -> Merged:
+def merge(sample: Sample, pred: Prediction, refined: list[RefinedEntity], types: tuple[str, ...]) -> Outcome:
     """Kept entities stay; uncertain ones are replaced by the refined entities that pass validation."""
     counts: Counter = Counter()
     kept = [e for e in pred.entities if e.decision != "delegate"]
@@ -159,4 +151,26 @@ def merge(sample: Sample, pred: Prediction, refined: list[RefinedEntity], types:
     counts["dropped"] += sum(1 for (s, e), old in delegated.items()
                              if not any(a.start == s and a.end == e for a in added))
     ents = tuple(sorted(kept + added, key=lambda e: e.start))
-    return Merged(pred.with_(entities=ents), counts)
+    return Outcome(pred.with_(entities=ents), counts)
+
+
+class Refiner(LLMStage[list[RefinedEntity]]):
+    """The refinement stage: the post's uncertain entities (and missed ones, when flagged) checked by the MLLM,
+    its image shown when there is one."""
+
+    name = "refinement"
+
+    def __init__(self, typeset: TypeSet, types: tuple[str, ...]):
+        self.typeset, self.types = typeset, types
+
+    def request(self, post: Post) -> LLMRequest:
+        """The chain-of-thought request for the post."""
+        return build_request(post.sample, post.prediction, self.typeset, post.image)
+
+    def parse(self, post: Post, text: str) -> list[RefinedEntity]:
+        """The refined entities of a reply."""
+        return parse(text)
+
+    def apply(self, post: Post, answer: list[RefinedEntity]) -> Outcome:
+        """Kept entities as they were, uncertain ones replaced by the answer's valid entities."""
+        return merge(post.sample, post.prediction, answer, self.types)

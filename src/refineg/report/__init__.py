@@ -48,18 +48,23 @@ def _image(sample: Sample, folders: list[Path]) -> tuple[str | None, int, int]:
     return sent.data_url, *sent.original_size
 
 
-def _sample_view(pred: Prediction, gold: Sample | None, tokens: tuple[str, ...], folders: list[Path]) -> dict:
+def _sample_view(pred: Prediction, gold: Sample | None, tokens: tuple[str, ...], folders: list[Path],
+                 boxes_predicted: bool) -> dict:
     gold_ents = gold.entities if gold else ()
+    box_miss = "wrong box" if boxes_predicted else "no box predicted"
     pairs = matching(pred.entities, gold_ents, "gmner")
     hit = {p for p, _ in pairs} if gold else set(range(len(pred.entities)))
-    text_hit = {p for p, _ in matching(pred.entities, gold_ents, "mner")} if gold else hit
+    text_pairs = matching(pred.entities, gold_ents, "mner") if gold else []
+    text_hit = {p for p, _ in text_pairs} if gold else hit
+    text_found = {g for _, g in text_pairs} if not boxes_predicted else set()
     found = {g for _, g in pairs}
     image, w, h = _image(gold or Sample(pred.id, tokens, image=pred.image), folders)
     return {
         "id": pred.id, "tokens": list(tokens), "image": image, "width": w, "height": h,
-        "pred": [_ent(e, "" if i in hit else "wrong box" if i in text_hit else "wrong") for i, e in enumerate(pred.entities)],
+        "pred": [_ent(e, "" if i in hit else box_miss if i in text_hit else "wrong") for i, e in enumerate(pred.entities)],
         "gold": [_ent(e, "") for e in gold_ents],
-        "missed": [{"text": e.text, "type": e.type} for i, e in enumerate(gold_ents) if i not in found],
+        "missed": [{"text": e.text, "type": e.type, "found": i in text_found} for i, e in enumerate(gold_ents)
+                   if i not in found],
         "delegated": pred.delegated or any(e.decision == "delegate" or e.source == "mllm" for e in pred.entities),
         "error": bool(gold) and (len(hit) < len(pred.entities) or len(found) < len(gold_ents)),
     }
@@ -76,26 +81,49 @@ def _metrics_html(gold: Sequence[Sample], preds: Sequence[Prediction]) -> str:
             f"<th>pred</th><th>gold</th></tr>{body}</table>")
 
 
+def predictions_summary(pred: str | Path) -> dict:
+    """The summary `refineg predict` or `run` wrote beside a predictions file ({} when there is none)."""
+    try:
+        summary = json.loads(summary_path(pred).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
 def predictions_setting(pred: str | Path) -> str | None:
     """The model setting that `refineg predict` or `run` recorded beside a predictions file, if any."""
-    try:
-        setting = json.loads(summary_path(pred).read_text(encoding="utf-8")).get("model_setting")
-    except (OSError, ValueError, AttributeError):
-        return None
+    setting = predictions_summary(pred).get("model_setting")
     return setting if isinstance(setting, str) else None
 
 
+def boxes_note(preds: Sequence[Prediction], summary: dict) -> str | None:
+    """What the page must say when no prediction has a box: that boxes were not predicted, and why."""
+    if any(e.boxes for p in preds for e in p.entities):
+        return None
+    if summary.get("llm_configured") is False:
+        why = "no MLLM was configured for this run (`refineg run` without --llm-base-url or --llm-gguf)"
+    elif "llm_configured" not in summary and "decisions" in summary:
+        why = "these are `refineg predict` predictions: the tagger and gate alone, no MLLM"
+    else:
+        why = "the MLLM placed none (or these predictions come from elsewhere)"
+    return (f"No box was predicted: {why}. GMNER and EEG therefore count only entities whose gold has no box; an "
+            "entity right in span and type whose gold has a box is marked \"no box predicted\".")
+
+
 def build_report(preds: Sequence[Prediction], gold: Sequence[Sample] | None, out_dir: str | Path,
-                 images: Sequence[Path] = (), title: str = "", setting: str | None = None) -> Path:
-    """Write out_dir/index.html and return its path; ``setting`` (the model's training setting) heads the figures."""
+                 images: Sequence[Path] = (), title: str = "", setting: str | None = None,
+                 notes: Sequence[str] = ()) -> Path:
+    """Write out_dir/index.html and return its path; ``setting`` (the model's training setting) heads the figures,
+    ``notes`` are said on the page above them (see boxes_note)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     by_id = {g.id: g for g in gold or ()}
+    boxed = any(e.boxes for p in preds for e in p.entities)
     views, scores, correct = [], [], []
     for p in preds:
         g = by_id.get(p.id)
         tokens = g.tokens if g else (p.tokens or tuple(e.text for e in p.entities))
-        view = _sample_view(p, g, tokens, list(images))
+        view = _sample_view(p, g, tokens, list(images), boxed)
         views.append(view)
         if g is not None:
             ok = {i for i, _ in matching(p.entities, g.entities, "mner")}
@@ -112,7 +140,9 @@ def build_report(preds: Sequence[Prediction], gold: Sequence[Sample] | None, out
     data = json.dumps({"samples": views, "colors": colors}, ensure_ascii=False).replace("</", "<\\/")
     legend = " ".join(f'<span><b style="color:{c}">&#9632;</b> {html.escape(t)}</span>' for t, c in colors.items())
     subtitle = (title or f"{len(preds)} samples") + (f" · model: {setting}" if setting else "")
+    notes_html = "".join(f'<p class="note page-note">{html.escape(n)}</p>' for n in notes)
     page = (page.replace("__SUBTITLE__", html.escape(subtitle))
+                .replace("__NOTES__", notes_html)
                 .replace("__METRICS__", _metrics_html(gold, preds) if gold else "")
                 .replace("__CHARTS__", charts)
                 .replace("__LEGEND__", legend)

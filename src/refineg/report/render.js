@@ -51,7 +51,7 @@ function RefinegRender(COLORS) {
       li.style.borderLeft = "4px solid " + color(e.type); li.style.paddingLeft = "4px";
       ul.appendChild(li);
     });
-    s.missed.forEach(function (g) { ul.appendChild(el("li", {"class": "err"}, "not matched (span, type and box): " + g.text + " [" + g.type + "]")); });
+    s.missed.forEach(function (g) { ul.appendChild(el("li", {"class": "err"}, (g.found ? "found, but its box was not predicted: " : "not matched (span, type and box): ") + g.text + " [" + g.type + "]")); });
     return ul;
   }
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..config import RunConfig
+from ..llm.typesets import load_typeset
 from ..types import Sample
 from .replace import mention_replacement
 from .task import build_request, parse
-from .typesets import load_typeset
 from .validate import Validator, excluded_texts
 
 
@@ -36,7 +36,7 @@ def synthesize(seeds: Sequence[Sample], cfg: RunConfig, method: str | None = Non
 
 def llm_requests(seeds: Sequence[Sample], cfg: RunConfig) -> list:
     """Every request for a set of seeds: keep + new for seeds with entities, none for the others."""
-    typeset = load_typeset(cfg.synth.typeset)
+    typeset = load_typeset(cfg.llm.types)
     reqs = []
     for s in seeds:
         kinds = (("keep", cfg.synth.n_keep), ("new", cfg.synth.n_new)) if s.entities else (("none", cfg.synth.n_none),)
@@ -47,7 +47,7 @@ def llm_requests(seeds: Sequence[Sample], cfg: RunConfig) -> list:
 def _synthesize_llm(seeds: Sequence[Sample], cfg: RunConfig, excluded: set[str], progress: bool) -> SynthResult:
     from ..llm import LLMClient
 
-    typeset = load_typeset(cfg.synth.typeset)
+    typeset = load_typeset(cfg.llm.types)
     validator = Validator(typeset.names, cfg.synth.type_map, excluded)
     requests = llm_requests(seeds, cfg)
     out: list[Sample] = []

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 from pydantic import BaseModel, Field
 
-from ..llm import LLMRequest, parse_answer
+from ..llm.client import LLMRequest
+from ..llm.jsonparse import parse_answer
+from ..llm.prompts import template
+from ..llm.typesets import TypeSet
 from ..types import Sample
-from .typesets import TypeSet
 
-TEMPLATE = Path(__file__).parent / "prompts" / "synthesize.txt"
+TEMPLATE = "synthesize.txt"
 TASKS = {
     "keep": "Write {n} new, varied sentences that mention the SAME entities as the example (all or some of them), "
             "each with the same type as in the example.",
@@ -48,30 +47,14 @@ def schema(types: tuple[str, ...], n: int) -> dict:
             "required": ["samples"]}
 
 
-@dataclass(frozen=True)
-class Template:
-    """A prompt template file: a ``version:`` header, a ``---`` line, then the text."""
-
-    name: str
-    version: str
-    text: str
-
-    @classmethod
-    def load(cls, path: Path) -> Template:
-        header, _, body = path.read_text(encoding="utf-8").partition("\n---\n")
-        version = header.split(":", 1)[1].strip()
-        return cls(path.stem, version, body)
-
-
-def build_request(seed: Sample, kind: str, n: int, typeset: TypeSet, template: Template | None = None) -> LLMRequest:
+def build_request(seed: Sample, kind: str, n: int, typeset: TypeSet) -> LLMRequest:
     """The chat request asking for n sentences of one kind (keep, new or none) from a seed sample."""
-    template = template or Template.load(TEMPLATE)
+    prompt_template = template(TEMPLATE)
     ents = "; ".join(f"{e.text} ({e.type})" for e in seed.entities) or "none"
-    prompt = template.text.format(domain=typeset.domain, types=typeset.describe(), text=seed.text, entities=ents,
-                                  task=TASKS[kind].format(n=n))
-    return LLMRequest("synthesis", template.name, template.version, [{"role": "user", "content": prompt}],
-                      schema(typeset.names, n),
-                      f"{seed.id}:{kind}")
+    prompt = prompt_template.render(domain=typeset.domain, types=typeset.describe(), text=seed.text, entities=ents,
+                                    task=TASKS[kind].format(n=n))
+    return LLMRequest("synthesis", prompt_template.name, prompt_template.version,
+                      [{"role": "user", "content": prompt}], schema(typeset.names, n), f"{seed.id}:{kind}")
 
 
 def parse(text: str) -> list[SynthSample]:

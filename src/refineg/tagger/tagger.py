@@ -212,7 +212,7 @@ class Tagger:
     def _predict_all(self, samples: Sequence[Sample], mc_samples: int, progress: bool) -> list[Tagged]:
         from concurrent.futures import ThreadPoolExecutor
 
-        from tqdm import tqdm
+        from ..progress import tqdm
 
         # Sorting by sub-token count, not word count, keeps padding low: URLs and emoji split into many pieces.
         order = sorted(range(len(samples)), key=lambda i: self.aligner.n_subtokens(samples[i].tokens))
@@ -455,3 +455,13 @@ def read_labels(model_dir: str | Path) -> list[str]:
     if not labels or not all(isinstance(x, str) and (x == "O" or x[:2] in ("B-", "I-")) for x in labels):
         raise ConfigError(f"{path}: not a BIO label list")
     return labels
+
+
+def read_setting(model_dir: str | Path) -> str:
+    """What a model was trained on, as `refineg train` recorded it in meta.json (e.g. "500 labelled only"), so
+    that every figure made with it can say which setting it belongs to."""
+    try:
+        setting = json.loads((Path(model_dir) / "meta.json").read_text(encoding="utf-8")).get("setting")
+    except (OSError, ValueError, AttributeError):
+        setting = None
+    return setting if isinstance(setting, str) and setting else "training setting not recorded in meta.json"

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from ..progress import duration, say, tqdm
 
 from ..config import TaggerConfig
 from ..data.bio import tags_from_spans
@@ -164,6 +164,8 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
         report.dev_f1_by_epoch.append(round(f1, 4))
         report.epochs_run = epoch
         log.info("epoch %d: loss %.4f, dev MNER F1 %.4f", epoch, loss, f1)
+        if progress:
+            _say_epoch(run, epoch, cfg.epochs, loss, f1 if dev else None, time.perf_counter() - t0)
         if on_epoch:
             on_epoch(epoch, loss, f1)
         improved = not run.snapshots or f1 > run.snapshots[0].f1 or not dev
@@ -300,6 +302,17 @@ def _allowed(chunk: list[tuple], tags: np.ndarray) -> torch.Tensor | None:
             width = min(len(c[5]), tags.shape[1])  # words past the sub-token limit are dropped
             allowed[b, :width] = c[5][:width]
     return torch.from_numpy(allowed)
+
+
+def _say_epoch(run: _Run, epoch: int, epochs: int, loss: float, f1: float | None, seconds: float) -> None:
+    """One line per epoch: loss, dev F1 against the best so far, time spent and the most that is left (early
+    stopping may end sooner)."""
+    done = epoch - (run.report.resumed_after_epoch or 0)
+    best = max([f1] + [s.f1 for s in run.snapshots]) if f1 is not None else None
+    dev = f", dev MNER F1 {f1:.4f} (best {best:.4f})" if f1 is not None else ""
+    left = seconds / max(1, done) * (epochs - epoch)
+    say(f"epoch {epoch}/{epochs}: loss {loss:.4f}{dev}; {duration(seconds)} so far"
+        + (f", at most about {duration(left)} left" if epoch < epochs else ""))
 
 
 def _run_epoch(tagger: Tagger, examples, batches: list[list[int]], opt, sched, progress: bool, epoch: int) -> float:

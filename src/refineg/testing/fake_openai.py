@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import select
+import socket
 import threading
 import time
 from collections import deque
@@ -31,6 +34,7 @@ class Reply:
     completion_tokens: int = 5
     finish_reason: str = "stop"
     reasoning: str | None = None  # sent as reasoning_content, the way vLLM's reasoning parsers do
+    trickle: float = 0.0  # seconds between two bytes of the body: a server that sends its reply slowly
 
     def body(self, model: str) -> bytes:
         """The HTTP body to send."""
@@ -53,6 +57,35 @@ class Reply:
         return msg
 
 
+def request_text(body: dict) -> str:
+    """Every text part of a request's messages, joined: what a model reads (images left out)."""
+    parts = []
+    for message in body.get("messages", []):
+        content = message.get("content")
+        parts += [content] if isinstance(content, str) else [p.get("text", "") for p in content or []
+                                                           if isinstance(p, dict)]
+    return "\n".join(parts)
+
+
+_ASKED = re.compile(r'^- "(.*)" \((\w+)\)$')
+
+
+def asked_entities(body: dict) -> list[dict] | None:
+    """The entities a grounding request asks to locate, read from its prompt as a model would (None: the request
+    is not a grounding one)."""
+    text = request_text(body)
+    if "Entities to locate:" not in text:
+        return None
+    lines = text.rsplit("Entities to locate:", 1)[1].strip().splitlines()
+    asked = []
+    for line in lines:
+        m = _ASKED.match(line.strip())
+        if not m:
+            break
+        asked.append({"text": m.group(1), "type": m.group(2)})
+    return asked
+
+
 @dataclass
 class FakeOpenAIServer:
     """A threaded loopback server; use it as a context manager."""
@@ -63,6 +96,7 @@ class FakeOpenAIServer:
     requests: list[dict] = field(default_factory=list)
     headers: list[dict] = field(default_factory=list)
     max_in_flight: int = 0
+    abandoned: int = 0  # requests whose client closed the connection before the reply was sent
 
     def __post_init__(self) -> None:
         self._queue: deque[Reply] = deque(self.script)
@@ -97,6 +131,15 @@ class FakeOpenAIServer:
     def leave(self) -> None:
         with self._lock:
             self._in_flight -= 1
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered right now."""
+        return self._in_flight
+
+    def gave_up(self) -> None:
+        with self._lock:
+            self.abandoned += 1
 
     def start(self, port: int = 0) -> FakeOpenAIServer:
         """Listen on 127.0.0.1 (a free port by default) in a background thread."""
@@ -154,20 +197,42 @@ class _Handler(BaseHTTPRequestHandler):
                 state.requests.append(body)
                 state.headers.append({k.lower(): v for k, v in self.headers.items()})
             reply = state.next_reply(body)
-            time.sleep(state.latency + reply.delay)
-            self._send(reply.status, reply.body(body.get("model", "replay")))
+            if not self._wait(state.latency + reply.delay):
+                state.gave_up()
+                return
+            self._send(reply.status, reply.body(body.get("model", "replay")), reply.trickle)
         finally:
             state.leave()
 
-    def _send(self, status: int, payload: bytes) -> None:
+    def _wait(self, seconds: float) -> bool:
+        """Sleep, watching the connection: False as soon as the client closes it."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+            if readable:
+                try:
+                    if not self.connection.recv(1, socket.MSG_PEEK):
+                        return False
+                except OSError:
+                    return False
+                time.sleep(min(max(left, 0), 0.05))  # a pipelined request waiting: not a close
+        return True
+
+    def _send(self, status: int, payload: bytes, trickle: float = 0.0) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            if not trickle:
+                self.wfile.write(payload)
+                return
+            for k in range(len(payload)):  # one byte at a time: every read gets data, the whole never ends
+                self.wfile.write(payload[k:k + 1])
+                self.wfile.flush()
+                time.sleep(trickle)
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (a timeout we injected); nothing left to tell it
+            self.server_state.gave_up()  # the client gave up (a timeout we injected); nothing left to tell it
 
 
 def main() -> None:

@@ -18,12 +18,7 @@ from PIL import Image
 
 from ..eval.metrics import normalise
 from ..types import Sample
-from .fake_openai import Reply
-
-
-def _texts(body: dict) -> str:
-    content = body["messages"][0]["content"]
-    return "\n".join(p.get("text", "") for p in content) if isinstance(content, list) else content
+from .fake_openai import Reply, request_text
 
 
 def _last_image_size(body: dict) -> tuple[int, int] | None:
@@ -52,7 +47,7 @@ class GoldOracle:
         self.unknown = 0
 
     def __call__(self, body: dict) -> Reply:
-        text = _texts(body)
+        text = request_text(body)
         marks = [text.rfind(m) for m in ("POST: ", "Post: ")]
         at = max(marks)
         sample = None

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from refineg.config import LLMConfig, RunConfig
+from refineg.config import LLMConfig, RunConfig, RunSection
 from refineg.data import save_samples
-from refineg.errors import DataError
-from refineg.pipeline import RunOptions, run_pipeline
-from refineg.ray_engine import fold_shards, shard_folder
+from refineg.runs.local import run_file
 from refineg.testing.fake_openai import FakeOpenAIServer
 from refineg.testing.oracle import GoldOracle, placeholder_images
 
@@ -32,9 +30,9 @@ def work(tiny_model, tmp_path_factory):
     placeholder_images(dev, root / "images")
     (root / "ray.toml").write_text("[ray]\nbatch_size = 4\nllm_actors = 2\n")
     with FakeOpenAIServer(default=GoldOracle(dev)) as srv:
-        cfg = RunConfig(llm=LLMConfig(base_url=srv.base_url, model="gold-oracle", cache_dir=root / "cache-local"))
-        run_pipeline(model, root / "dev.jsonl", root / "local.jsonl", cfg,
-                     RunOptions(images=(root / "images",), demos=root / "pool.jsonl", progress=False))
+        cfg = RunConfig(llm=LLMConfig(base_url=srv.base_url, model="gold-oracle", cache_dir=root / "cache-local"),
+                        run=RunSection(images=[root / "images"], demos=root / "pool.jsonl", progress=False))
+        run_file(model, root / "dev.jsonl", root / "local.jsonl", cfg)
     return root
 
 
@@ -61,7 +59,6 @@ def test_ray_writes_what_local_writes_spreading_requests_over_replicas(tiny_mode
         assert a.requests and b.requests  # both replicas served
         assert a.max_in_flight <= 2 and b.max_in_flight <= 2  # the cap per endpoint holds across the actors
     assert out.read_text() == (work / "local.jsonl").read_text()
-    assert not shard_folder(out).exists()
     local = json.loads((work / "local.jsonl.summary.json").read_text())
     summary = json.loads((work / "ray.jsonl.summary.json").read_text())
     assert summary["engine"]["name"] == "ray" and summary["engine"]["llm_actors"] == 2
@@ -79,12 +76,10 @@ def test_a_ray_run_killed_midway_resumes_to_the_same_rows(tiny_model, work):
         deadline, written = time.time() + 300, 0
         while time.time() < deadline and written < 8 and proc.poll() is None:
             time.sleep(0.1)
-            files = shard_folder(out).glob("shard-*.jsonl") if shard_folder(out).is_dir() else []
-            written = sum(len(f.read_bytes().splitlines()) for f in files)
+            written = len(out.read_bytes().splitlines()) if out.exists() else 0
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert 0 < written < len(dev), "the kill should land mid-run"
-        assert not out.exists()  # rows live in the shards until the end
         res = subprocess.run(_ray_args(model, work, out, srv.base_url), env=env, capture_output=True, text=True,
                              timeout=400)
         assert res.returncode == 0, res.stderr[-2000:]
@@ -96,22 +91,6 @@ def test_a_ray_run_killed_midway_resumes_to_the_same_rows(tiny_model, work):
                            timeout=400)  # nothing left: no cluster, no call, the rows untouched
     assert again.returncode == 0 and f"({len(dev)} already done)" in again.stdout
     assert out.read_text() == (work / "local.jsonl").read_text()
-
-
-def test_fold_shards_keeps_input_order_drops_a_half_line_and_prefers_the_newer_row(tmp_path):
-    out = tmp_path / "p.jsonl"
-    out.write_text('{"id": "b", "status": "retry"}\n{"id": "z"}\n')
-    shards = shard_folder(out)
-    shards.mkdir()
-    (shards / "shard-00000.jsonl").write_text('{"id": "c"}\n{"id": "b"}\n{"id": "a", "entit')
-    (shards / "shard-00001.jsonl").write_text('{"id": "a"}\n')
-    assert fold_shards(out, ["a", "b", "c"]) == 3
-    assert out.read_text() == '{"id": "a"}\n{"id": "b"}\n{"id": "c"}\n{"id": "z"}\n'
-    assert not shards.exists()
-    shards.mkdir()
-    (shards / "shard-00000.jsonl").write_text('{"id": "c"}\n\nnot json\n')  # a blank line still counts
-    with pytest.raises(DataError, match="shard-00000.jsonl:3"):
-        fold_shards(out, ["a", "b", "c"])
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -136,5 +115,5 @@ def test_an_actors_error_is_one_clean_line(tiny_model, work):
     res = subprocess.run(args + ["--strict", "--allow-missing-images"], capture_output=True, text=True, timeout=400)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1] == (f"refineg: error: <input> (sample {dev[0].id}): image "
-                                                   f"{dev[0].image!r} not found in {missing}, {work}, {work.parent / 'images'}")
+                                                   f"{dev[0].image!r} not found in {missing}")
     assert "Traceback" not in res.stderr
