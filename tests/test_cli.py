@@ -91,14 +91,17 @@ def test_train_then_predict_through_the_cli(twitter_train, twitter_dev, tmp_path
     cfg = tmp_path / "run.toml"
     cfg.write_text("[tagger]\nlstm_hidden = 16\nbatch_size = 8\n")
     res = _run("train", "--train", tmp_path / "train.jsonl", "--dev", tmp_path / "dev.jsonl", "--out", tmp_path / "m",
-               "--epochs", "1", "--config", cfg, "--quiet")
+               "--epochs", "1", "--config", cfg)
     assert res.returncode == 0, res.stderr
+    # stderr is a pipe here, as in a log file: plain progress lines, a line per epoch with its dev score
+    assert "\r" not in res.stderr and "epoch 1/1: loss" in res.stderr and "dev MNER F1" in res.stderr
     assert "dev MNER" in res.stdout and "AUROC" in res.stdout
     assert "weights averaged over epochs 1)" in " ".join(res.stdout.split())  # rich wraps long lines
     meta = json.loads((tmp_path / "m" / "meta.json").read_text())
     assert meta["config"]["tagger"]["lstm_hidden"] == 16 and meta["sources"]["train_samples"] == 30
-    res = _run("predict", "--model", tmp_path / "m", "--data", tmp_path / "dev.jsonl", "--out", tmp_path / "p.jsonl", "--quiet")
+    res = _run("predict", "--model", tmp_path / "m", "--data", tmp_path / "dev.jsonl", "--out", tmp_path / "p.jsonl")
     assert res.returncode == 0, res.stderr
+    assert "\r" not in res.stderr
     assert "every entity is kept" in res.stdout
     assert "(model: 30 labelled only)" in res.stdout  # every figure says which setting's model made it
     summary = json.loads((tmp_path / "p.jsonl.summary.json").read_text())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,8 @@ def main() -> None:
     """Entry point: a RefinegError or an OS error becomes one line on stderr and exit code 2; anything
     else one line and exit code 1. ``--debug`` (anywhere on the line) shows the traceback instead."""
     PriorNER.spacy_without_torch = True  # this process is ours: no need for thinc's PyTorch support
+    # our own progress reads well in a log; the Hugging Face libraries' bars (loading weights...) do not
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
