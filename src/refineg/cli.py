@@ -19,13 +19,15 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import load_config
-from .data import load_dataset, load_samples, output_format, read_ids, read_predictions, save_samples
+from .data import load_dataset, load_predictions, load_samples, output_format, read_ids, save_samples
 from .data.jsonl import summary_path, write_jsonl
 from .data.stats import dataset_stats
 from .data.textio import check_output
 from .demo import DEMO_DEFAULTS, run_demo
 from .errors import ConfigError, DataError, RefinegError
 from .eval.metrics import score, swapped_hint
+from .eval.protocols import PROTOCOLS
+from .eval.protocols import protocol as get_protocol
 from .llm.families import BY_NAME, CONVENTIONS
 from .llm.probe import check
 from .llm.typesets import BUILTIN as TYPESETS
@@ -186,13 +188,37 @@ def stats(
 
 @app.command()
 def evaluate(
-    gold: Annotated[Path, typer.Argument(help="Gold: Twitter-GMNER .txt split, CCKS folder or canonical JSONL.")],
-    pred: Annotated[Path, typer.Argument(help="Predictions: canonical JSONL.")],
+    gold: Annotated[Path, typer.Argument(help="Gold: Twitter-GMNER .txt split, CCKS folder, canonical JSONL, or a "
+                                         "peer's gold (UnCo JSON, RiVEG lines).")],
+    pred: Annotated[Path, typer.Argument(help="Predictions: canonical JSONL, or a peer's (UnCo JSON, CCKS submission "
+                                         "JSON, RiVEG lines).")],
+    protocol: Annotated[str, typer.Option("--protocol", help="hindex (Twitter-GMNER's own, the default), unco "
+                                          "(UnCo / ReFineG / SAKE's evaluator), riveg (RiVEG's statistic.py), or "
+                                          "all, side by side.")] = "hindex",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Score predictions: GMNER, MNER and EEG precision, recall and F1, overall and per type."""
-    gold_samples, preds = load_samples(gold), read_predictions(pred)
+    """Score predictions: GMNER, MNER and EEG precision, recall and F1, overall and per type (hindex)."""
+    names = list(PROTOCOLS) if protocol == "all" else [get_protocol(protocol).name]
+    gold_samples, preds = load_samples(gold), load_predictions(pred)
     scores = score(gold_samples, preds)
+    _evaluation_warnings(gold, pred, gold_samples, preds, scores)
+    results = {name: PROTOCOLS[name].scores(gold_samples, preds) if name != "hindex" else scores.overall
+               for name in names}
+    if as_json:
+        if names == ["hindex"]:
+            print(json.dumps(scores.as_dict()))
+        else:
+            print(json.dumps({name: {m: prf.as_dict() for m, prf in r.items()} for name, r in results.items()}
+                             if protocol == "all" else {"protocol": names[0], **{m: prf.as_dict()
+                                                                                 for m, prf in results[names[0]].items()}}))
+        return
+    if names == ["hindex"]:
+        _print_scores(scores)
+    else:
+        _print_protocols(results)
+
+
+def _evaluation_warnings(gold: Path, pred: Path, gold_samples, preds, scores) -> None:
     hint = swapped_hint(gold_samples, preds)
     if hint:
         err.print(f"[yellow]warning: {gold}: {hint}[/]", soft_wrap=True)
@@ -204,10 +230,10 @@ def evaluate(
     if scores.unknown_pred_ids:
         err.print(f"[yellow]warning: {scores.unknown_pred_ids} predicted id(s) are not in gold; their entities count as "
                   "false positives[/]")
-    if as_json:
-        print(json.dumps(scores.as_dict()))
-        return
-    table = Table(title="GMNER evaluation")
+
+
+def _print_scores(scores) -> None:
+    table = Table(title="GMNER evaluation (protocol hindex)")
     for col in ("", "precision", "recall", "F1", "tp", "pred", "gold"):
         table.add_column(col, justify="right" if col else "left")
     rows = [(m.upper(), prf) for m, prf in scores.overall.items()]
@@ -217,6 +243,21 @@ def evaluate(
         table.add_row(name, f"{prf.precision:.4f}", f"{prf.recall:.4f}", f"{prf.f1:.4f}", str(prf.tp), str(prf.n_pred),
                       str(prf.n_gold))
     out.print(table)
+
+
+def _print_protocols(results: dict) -> None:
+    table = Table(title="GMNER evaluation, by protocol")
+    table.add_column("")
+    for name in results:
+        table.add_column(name, justify="right")
+    for mode in ("gmner", "mner", "eeg"):
+        for stat in ("precision", "recall", "f1"):
+            table.add_row(f"{mode.upper()} {stat if stat != 'f1' else 'F1'}",
+                          *(f"{getattr(r[mode], stat):.4f}" for r in results.values()),
+                          end_section=stat == "f1")
+    out.print(table)
+    for name in results:
+        out.print(f"{name}: {PROTOCOLS[name].source}", soft_wrap=True)
 
 
 # ---- the LLM --------------------------------------------------------------------------------------
@@ -561,14 +602,17 @@ def report(
                                                  "boxes.")] = None,
     images: Images = None,
     title: Annotated[str, typer.Option("--title", help="A line under the heading.")] = "",
+    protocol: Annotated[str, typer.Option("--protocol", help="The scoring protocol of the figures: hindex (default), "
+                                          "unco or riveg (see `refineg evaluate --help`).")] = "hindex",
 ) -> None:
     """Write a self-contained HTML report: metrics, charts, and every sample with its boxes."""
     check_output(out_dir, folder=True)
-    preds = read_predictions(pred)
+    preds = load_predictions(pred)
     gold_samples = load_samples(gold) if gold else None
     folders = list(images or []) + [pred.parent]
     note = boxes_note(preds, predictions_summary(pred)) if gold_samples else None
-    index = build_report(preds, gold_samples, out_dir, folders, title, predictions_setting(pred), [note] if note else [])
+    index = build_report(preds, gold_samples, out_dir, folders, title, predictions_setting(pred), [note] if note else [],
+                         get_protocol(protocol).name)
     out.print(f"report: {index}")
 
 

@@ -10,15 +10,19 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import DataError
-from ..types import Sample
+from ..types import Prediction, Sample
 from .ccks import read_ccks, write_ccks
 from .jsonl import iter_jsonl, read_jsonl, read_posts, read_predictions, write_jsonl
+from .peers import (is_riveg, json_kind, read_ccks_json, read_riveg, read_unco, write_ccks_json, write_riveg,
+                    write_unco)
 from .textio import text_lines
 from .twitter_gmner import iter_twitter, read_token_columns, read_twitter, write_twitter
 
 PEEK_LINES = 5000  # lines read to tell a file's kind
 
-FORMATS = ("jsonl", "twitter", "ccks")
+# every format a file can be read in (detect_format tells them apart), and written in
+FORMATS = ("jsonl", "twitter", "ccks", "unco", "ccks-json", "riveg")
+OUTPUT_FORMATS = FORMATS + ("unco-pred",)
 
 
 @dataclass(frozen=True)
@@ -32,17 +36,19 @@ class Dataset:
 
 
 def detect_format(path: str | Path) -> str:
-    """``jsonl``, ``twitter`` or ``ccks`` for an input path."""
+    """The format of an input path: ``jsonl``, ``twitter``, ``ccks`` (a folder), or a peer's: ``unco`` (a
+    JSON list), ``ccks-json`` (a CCKS submission: one JSON object of entity lists), ``riveg`` (``###`` lines)."""
     path = Path(path)
     if path.is_dir():
         return "ccks"
-    if path.suffix in (".jsonl", ".json"):
-        return "jsonl"
-    if path.suffix in (".txt", ".conll"):
-        return "twitter"
     if not path.exists():
         raise DataError("no such file or folder", path)
-    raise DataError("cannot tell the format: expected a .jsonl file, a Twitter-GMNER .txt split or a CCKS folder", path)
+    if path.suffix in (".jsonl", ".json"):
+        return json_kind(path)
+    if path.suffix in (".txt", ".conll"):
+        return "riveg" if is_riveg(path) else "twitter"
+    raise DataError("cannot tell the format: expected a .jsonl file, a Twitter-GMNER .txt split or a CCKS folder "
+                    "(or a peer's .json or ### lines)", path)
 
 
 def read_ids(path: str | Path) -> list[str]:
@@ -67,11 +73,33 @@ def load_dataset(path: str | Path, ids: list[str] | None = None, fmt: str | None
         samples, report = read_ccks(path)
     elif fmt == "jsonl":
         samples = read_jsonl(path)
+    elif fmt == "unco":
+        samples, _ = read_unco(path)
+    elif fmt == "riveg":
+        samples = read_riveg(path)
+    elif fmt == "ccks-json":
+        samples = [Sample(p.id, (), p.entities) for p in read_ccks_json(path, source="gold")]
     else:
         raise DataError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})", path)
     if ids is not None:
         samples = pick_ids(samples, ids, path)
     return Dataset(tuple(samples), path, fmt, report)
+
+
+def load_predictions(path: str | Path) -> list[Prediction]:
+    """The predictions of a file in any format refineg reads: canonical JSONL, or a peer's (UnCo JSON, a CCKS
+    submission JSON, RiVEG lines)."""
+    fmt = detect_format(path)
+    if fmt == "jsonl":
+        return read_predictions(path)
+    if fmt == "ccks-json":
+        return read_ccks_json(path)
+    if fmt not in ("unco", "riveg"):
+        raise DataError(f"predictions are read from JSONL, UnCo JSON, CCKS submission JSON or RiVEG lines, not {fmt}",
+                        path)
+    samples = read_unco(path)[0] if fmt == "unco" else read_riveg(path, "tagger")
+    return [Prediction(s.id, tuple(e.with_(source="tagger") for e in s.entities), s.tokens or None, s.image)
+            for s in samples]
 
 
 def pick_ids(samples: list[Sample], ids: list[str], path: str | Path) -> list[Sample]:
@@ -93,6 +121,9 @@ def iter_samples(path: str | Path) -> Iterator[Sample]:
     formats (their gold kept, for scores), or posts without labels, as ``load_unlabeled`` reads them. A ``.txt``
     is a Twitter-GMNER split when its token lines carry tags; otherwise its kind comes from its lines."""
     path = Path(path)
+    if path.is_file() and path.suffix in (".txt", ".conll") and is_riveg(path):
+        raise DataError("a RiVEG file holds entities, not the posts' text: give the posts (a split, JSONL or UnCo "
+                        "JSON)", path)
     kind = _unlabeled_kind(path) if path.is_file() and path.suffix not in (".jsonl", ".json") else None
     if kind == "columns" and _tagged(path):
         yield from iter_twitter(path)
@@ -164,11 +195,12 @@ def _token_per_line(lines: list[str]) -> bool:
 
 
 def output_format(path: str | Path, fmt: str | None = None) -> str:
-    """The format an output path (or fmt) names: .jsonl/.json, .txt/.conll, or a folder (no suffix) for CCKS."""
+    """The format an output path (or fmt) names: .jsonl/.json, .txt/.conll, or a folder (no suffix) for CCKS;
+    a peer's format only when asked for (fmt)."""
     path = Path(path)
     if fmt is not None:
-        if fmt not in FORMATS:
-            raise DataError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})", path)
+        if fmt not in OUTPUT_FORMATS:
+            raise DataError(f"unknown format {fmt!r} (one of {', '.join(OUTPUT_FORMATS)})", path)
         return fmt
     if path.suffix in (".jsonl", ".json"):
         return "jsonl"
@@ -184,17 +216,23 @@ def save_samples(samples: list[Sample], path: str | Path, fmt: str | None = None
     """Write samples in the format the path (or fmt) names; overwrite=False refuses to replace existing files."""
     path = Path(path)
     fmt = output_format(path, fmt)
+    if fmt not in ("twitter", "ccks") and path.exists() and not overwrite:
+        raise DataError("would overwrite an existing file; give --overwrite to replace it", path)
     if fmt == "jsonl":
-        if path.exists() and not overwrite:
-            raise DataError("would overwrite an existing file; give --overwrite to replace it", path)
         write_jsonl(samples, path)
     elif fmt == "twitter":
         write_twitter(samples, path, overwrite)
-    else:
+    elif fmt == "ccks":
         write_ccks(samples, path, overwrite)
+    elif fmt in ("unco", "unco-pred"):
+        write_unco(samples, path, predictions=fmt == "unco-pred")
+    elif fmt == "ccks-json":
+        write_ccks_json(samples, path)
+    else:
+        write_riveg(samples, path)
 
 
 __all__ = [
-    "Dataset", "FORMATS", "detect_format", "iter_samples", "pick_ids", "load_dataset", "load_samples", "load_unlabeled", "read_ids",
+    "Dataset", "FORMATS", "detect_format", "iter_samples", "load_predictions", "pick_ids", "load_dataset", "load_samples", "load_unlabeled", "read_ids",
     "output_format", "read_predictions", "save_samples",
 ]

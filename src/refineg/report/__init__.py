@@ -11,6 +11,8 @@ from ..data.images import find_image, prepare_image
 from ..data.jsonl import summary_path
 from ..errors import DataError
 from ..eval.metrics import MODES, matching, score
+from ..eval.protocols import Protocol
+from ..eval.protocols import protocol as get_protocol
 from ..types import Entity, Prediction, Sample
 from .charts import reliability_svg, risk_coverage_svg
 
@@ -70,14 +72,19 @@ def _sample_view(pred: Prediction, gold: Sample | None, tokens: tuple[str, ...],
     }
 
 
-def _metrics_html(gold: Sequence[Sample], preds: Sequence[Prediction]) -> str:
+def _metrics_html(gold: Sequence[Sample], preds: Sequence[Prediction], protocol: Protocol) -> str:
+    """The figures table, headed by the protocol that made them (per type under hindex only)."""
     s = score(gold, preds)
-    rows = [(m.upper(), s.overall[m]) for m in MODES]
-    rows += [(f"{t} (GMNER)", by["gmner"]) for t, by in s.per_type.items()]
-    rows += [(f"{t} (MNER)", by["mner"]) for t, by in s.per_type.items()]
+    overall = s.overall if protocol.name == "hindex" else protocol.scores(gold, preds)
+    rows = [(m.upper(), overall[m]) for m in MODES]
+    if protocol.name == "hindex":
+        rows += [(f"{t} (GMNER)", by["gmner"]) for t, by in s.per_type.items()]
+        rows += [(f"{t} (MNER)", by["mner"]) for t, by in s.per_type.items()]
     body = "".join(f"<tr><td>{html.escape(name)}</td><td>{p.precision:.4f}</td><td>{p.recall:.4f}</td><td>{p.f1:.4f}</td>"
                    f"<td>{p.tp}</td><td>{p.n_pred}</td><td>{p.n_gold}</td></tr>" for name, p in rows)
-    return ('<table class="metrics" id="metrics"><tr><th></th><th>precision</th><th>recall</th><th>F1</th><th>tp</th>'
+    return (f'<p class="note" id="protocol">Figures by the {html.escape(protocol.name)} protocol: '
+            f"{html.escape(protocol.source)}.</p>"
+            '<table class="metrics" id="metrics"><tr><th></th><th>precision</th><th>recall</th><th>F1</th><th>tp</th>'
             f"<th>pred</th><th>gold</th></tr>{body}</table>")
 
 
@@ -112,9 +119,9 @@ def boxes_note(preds: Sequence[Prediction], summary: dict) -> str | None:
 
 def build_report(preds: Sequence[Prediction], gold: Sequence[Sample] | None, out_dir: str | Path,
                  images: Sequence[Path] = (), title: str = "", setting: str | None = None,
-                 notes: Sequence[str] = ()) -> Path:
+                 notes: Sequence[str] = (), protocol: str = "hindex") -> Path:
     """Write out_dir/index.html and return its path; ``setting`` (the model's training setting) heads the figures,
-    ``notes`` are said on the page above them (see boxes_note)."""
+    ``notes`` are said on the page above them (see boxes_note), ``protocol`` names the scoring protocol."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     by_id = {g.id: g for g in gold or ()}
@@ -143,7 +150,7 @@ def build_report(preds: Sequence[Prediction], gold: Sequence[Sample] | None, out
     notes_html = "".join(f'<p class="note page-note">{html.escape(n)}</p>' for n in notes)
     page = (page.replace("__SUBTITLE__", html.escape(subtitle))
                 .replace("__NOTES__", notes_html)
-                .replace("__METRICS__", _metrics_html(gold, preds) if gold else "")
+                .replace("__METRICS__", _metrics_html(gold, preds, get_protocol(protocol)) if gold else "")
                 .replace("__CHARTS__", charts)
                 .replace("__LEGEND__", legend)
                 .replace("__TYPE_OPTIONS__", "".join(f'<option value="{html.escape(t)}">{html.escape(t)}</option>' for t in types))
