@@ -38,9 +38,27 @@ def _run(engine: str, args, work: Path, samples, delay: float, concurrency: int,
     name = f"{engine}-{delay}-{concurrency}"
     with FakeOpenAIServer(default=GoldOracle(samples), latency=delay) as srv:
         out = work / f"{name}.jsonl"
-        cmd = [REFINEG, "run", "--model", args.model, "--data", str(work / "data.jsonl"), "--images",
-               str(work / "images"), "--llm-base-url", srv.base_url, "--llm-model", "gold-oracle", "--llm-concurrency",
-               str(concurrency), "--cache-dir", str(work / f"cache-{name}"), "--out", str(out), "--quiet"]
+        cmd = [
+            REFINEG,
+            "run",
+            "--model",
+            args.model,
+            "--data",
+            str(work / "data.jsonl"),
+            "--images",
+            str(work / "images"),
+            "--llm-base-url",
+            srv.base_url,
+            "--llm-model",
+            "gold-oracle",
+            "--llm-concurrency",
+            str(concurrency),
+            "--cache-dir",
+            str(work / f"cache-{name}"),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
         env = dict(os.environ)
         if engine == "ray":
             cmd += ["--engine", "ray", "--config", str(work / "ray.toml")]
@@ -54,8 +72,14 @@ def _run(engine: str, args, work: Path, samples, delay: float, concurrency: int,
     seconds = summary["seconds"]  # an earlier engine's summary has no stream time: its wall time stands in
     stream = seconds.get("stream", seconds.get("total", wall) - seconds.get("load", 0.0))
     calls = summary["llm_calls"]["attempted"]
-    return {"wall": wall, "stream": stream, "calls": calls, "ideal": calls * delay / concurrency,
-            "in_flight": srv.max_in_flight, "rows": out.read_text()}
+    return {
+        "wall": wall,
+        "stream": stream,
+        "calls": calls,
+        "ideal": calls * delay / concurrency,
+        "in_flight": srv.max_in_flight,
+        "rows": out.read_text(),
+    }
 
 
 def main() -> None:
@@ -69,15 +93,17 @@ def main() -> None:
     ap.add_argument("--llm-actors", type=int, default=2)
     ap.add_argument("--old-src", help="an earlier refineg's src folder: its engine runs too, rows compared")
     args = ap.parse_args()
-    samples = load_samples(DEV)[args.start:args.start + args.n]
+    samples = load_samples(DEV)[args.start : args.start + args.n]
     work = Path(tempfile.mkdtemp(prefix="refineg-engines-"))
     save_samples(samples, work / "data.jsonl")
     placeholder_images(samples, work / "images")
     (work / "ray.toml").write_text(f"[ray]\nllm_actors = {args.llm_actors}\nbatch_size = 16\n")
     engines = args.engines + (["earlier"] if args.old_src else [])
     print(f"{len(samples)} dev tweets, 2 cores, model {args.model}")
-    print(f"{'engine':<8}{'delay s':>8}{'in flight cap':>14}{'calls':>7}{'ideal s':>9}{'stream s':>10}"
-          f"{'wall s':>8}{'efficiency':>11}{'max in flight':>15}{'same rows':>11}")
+    print(
+        f"{'engine':<8}{'delay s':>8}{'in flight cap':>14}{'calls':>7}{'ideal s':>9}{'stream s':>10}"
+        f"{'wall s':>8}{'efficiency':>11}{'max in flight':>15}{'same rows':>11}"
+    )
     for delay in args.delay:
         for c in args.concurrency:
             rows = {}
@@ -85,8 +111,11 @@ def main() -> None:
                 r = _run(engine, args, work, samples, delay, c, args.old_src)
                 rows[engine] = r["rows"]
                 same = "" if engine == engines[0] else ("yes" if r["rows"] == rows[engines[0]] else "NO")
-                print(f"{engine:<8}{delay:>8.2f}{c:>14}{r['calls']:>7}{r['ideal']:>9.1f}{r['stream']:>10.1f}"
-                      f"{r['wall']:>8.1f}{r['ideal'] / r['stream']:>11.0%}{r['in_flight']:>15}{same:>11}", flush=True)
+                print(
+                    f"{engine:<8}{delay:>8.2f}{c:>14}{r['calls']:>7}{r['ideal']:>9.1f}{r['stream']:>10.1f}"
+                    f"{r['wall']:>8.1f}{r['ideal'] / r['stream']:>11.0%}{r['in_flight']:>15}{same:>11}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

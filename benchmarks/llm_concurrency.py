@@ -19,7 +19,9 @@ from refineg.testing.fake_openai import FakeOpenAIServer, Reply
 
 
 def _requests(n: int, tag: str) -> list[LLMRequest]:
-    return [LLMRequest("bench", "bench", tag, [{"role": "user", "content": f"item {i}"}], None, str(i)) for i in range(n)]
+    return [
+        LLMRequest("bench", "bench", tag, [{"role": "user", "content": f"item {i}"}], None, str(i)) for i in range(n)
+    ]
 
 
 def _timed_run(cfg: LLMConfig, reqs: list[LLMRequest]) -> float:
@@ -50,8 +52,10 @@ def main() -> None:
         n = 300
         cfg = LLMConfig(base_url=srv.base_url, model="replay", concurrency=1, cache=False)
         secs = _timed_run(cfg, _requests(n, "zero"))
-        print(f"round trip at zero server latency, concurrency 1: {secs / n * 1000:.2f} ms per request "
-              "(client + loopback HTTP + our Python server)")
+        print(
+            f"round trip at zero server latency, concurrency 1: {secs / n * 1000:.2f} ms per request "
+            "(client + loopback HTTP + our Python server)"
+        )
         cfg = LLMConfig(base_url=srv.base_url, model="replay", concurrency=1, cache_dir=cache)
         _timed_run(cfg, _requests(n, "cached"))
         secs = _timed_run(cfg, _requests(n, "cached"))

@@ -18,8 +18,8 @@ from refineg.config import GateConfig, RunConfig
 from refineg.data import load_samples, read_ids
 from refineg.eval.metrics import score
 from refineg.gate import GateCalibration, apply_gate, calibrate
-from refineg.training import train_model
 from refineg.tagger.tagger import Tagger
+from refineg.training import train_model
 from refineg.types import Prediction, Sample
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "twitter-gmner"
@@ -45,7 +45,9 @@ def main() -> None:
     model = args.model
     if model is None:
         model = Path("runs/oracle-t500")
-        train = load_samples(DATA / "Twitter10000_v2.0" / "txt" / "train.txt", read_ids(DATA / "splits" / "train-500.ids"))
+        train = load_samples(
+            DATA / "Twitter10000_v2.0" / "txt" / "train.txt", read_ids(DATA / "splits" / "train-500.ids")
+        )
         train_model(train, dev, RunConfig(), model, progress=False)
     preds = GateCalibration.load(model).rescore(Tagger.load(model).predict_detailed(dev))
     gate = calibrate(preds, dev, GateConfig(budget=args.budget, missing_rate=args.missing_rate))
@@ -53,12 +55,15 @@ def main() -> None:
     by_id = {g.id: g for g in dev}
     base = score(dev, preds).overall["mner"]
     best = score(dev, [oracle(p, by_id[p.id]) for p in gated]).overall["mner"]
-    entity_only = score(dev, [oracle(p, by_id[p.id]) if any(e.decision == "delegate" for e in p.entities) else p
-                              for p in gated]).overall["mner"]
+    entity_only = score(
+        dev, [oracle(p, by_id[p.id]) if any(e.decision == "delegate" for e in p.entities) else p for p in gated]
+    ).overall["mner"]
     n_flagged = sum(1 for p in gated if p.delegated)
     print(f"tagger dev MNER F1:            {base.f1:.4f} (P {base.precision:.4f}, R {base.recall:.4f})")
-    print(f"delegation rate:               {gate.delegation_rate:.1%} of {gate.n_entities} predicted entities; "
-          f"{n_flagged} of {len(dev)} samples ({n_flagged / len(dev):.1%}) go to the MLLM")
+    print(
+        f"delegation rate:               {gate.delegation_rate:.1%} of {gate.n_entities} predicted entities; "
+        f"{n_flagged} of {len(dev)} samples ({n_flagged / len(dev):.1%}) go to the MLLM"
+    )
     print(f"oracle F1, delegated entities: {entity_only.f1:.4f}")
     print(f"oracle F1, + flagged samples:  {best.f1:.4f} (P {best.precision:.4f}, R {best.recall:.4f})")
 

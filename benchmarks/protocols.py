@@ -47,8 +47,9 @@ def _grounded(tagged, gold, box_the_rest: bool = False, one_box: bool = False) -
 
 def _adjacent_dropped(gold):
     """Gold without every entity that starts right where another ends (no O between them)."""
-    return [s.with_(entities=tuple(e for e in s.entities if not any(o.end == e.start for o in s.entities)))
-            for s in gold]
+    return [
+        s.with_(entities=tuple(e for e in s.entities if not any(o.end == e.start for o in s.entities))) for s in gold
+    ]
 
 
 def main() -> None:
@@ -66,14 +67,18 @@ def main() -> None:
         "gold without entities right after another": _as_predictions(_adjacent_dropped(gold)),
     }
     n_adjacent = sum(len(s.entities) for s in gold) - sum(len(s.entities) for s in _adjacent_dropped(gold))
-    print(f"Twitter-GMNER dev: {len(gold)} posts, {sum(len(s.entities) for s in gold)} entities "
-          f"({n_adjacent} start right after another entity); model {args.model}")
+    print(
+        f"Twitter-GMNER dev: {len(gold)} posts, {sum(len(s.entities) for s in gold)} entities "
+        f"({n_adjacent} start right after another entity); model {args.model}"
+    )
     print(f"{'predictions':<44}{'task':<7}" + "".join(f"{name:>24}" for name in PROTOCOLS))
     for label, preds in sets.items():
         results = {name: p.scores(gold, preds) for name, p in PROTOCOLS.items()}
         for mode in ("gmner", "mner", "eeg"):
-            cells = "".join(f"{100 * r[mode].precision:>8.2f}{100 * r[mode].recall:>8.2f}{100 * r[mode].f1:>8.2f}"
-                            for r in results.values())
+            cells = "".join(
+                f"{100 * r[mode].precision:>8.2f}{100 * r[mode].recall:>8.2f}{100 * r[mode].f1:>8.2f}"
+                for r in results.values()
+            )
             print(f"{label if mode == 'gmner' else '':<44}{mode.upper():<7}{cells}", flush=True)
     print("each protocol: precision, recall, F1 in points")
 

@@ -34,8 +34,12 @@ def requests(n: int):
     samples = [s for s in load_samples(DEV) if s.entities][:n]
     out = []
     for s in samples:
-        pred = Prediction(s.id, tuple(e.with_(decision="delegate", score=0.4, source="tagger") for e in s.entities),
-                          s.tokens, delegated=True)
+        pred = Prediction(
+            s.id,
+            tuple(e.with_(decision="delegate", score=0.4, source="tagger") for e in s.entities),
+            s.tokens,
+            delegated=True,
+        )
         out.append(refine.build_request(s, pred, typeset))
     return out
 
@@ -45,8 +49,14 @@ def run(variant: str, reqs, max_tokens: int, cache_dir: Path) -> dict:
         reqs = [r.__class__(**{**r.__dict__, "schema": None}) for r in reqs]
     elif variant == "old schema":
         reqs = [r.__class__(**{**r.__dict__, "schema": OLD_SCHEMA}) for r in reqs]
-    cfg = LLMConfig(gguf=packaged_smollm2(), cache=False, cache_dir=cache_dir, max_tokens={"refinement": max_tokens},
-                    gguf_ctx=4096, concurrency=1)
+    cfg = LLMConfig(
+        gguf=packaged_smollm2(),
+        cache=False,
+        cache_dir=cache_dir,
+        max_tokens={"refinement": max_tokens},
+        gguf_ctx=4096,
+        concurrency=1,
+    )
     types = set(load_typeset("twitter").names)
     t0 = time.perf_counter()
     with LLMClient(cfg, show_progress=False) as client:
@@ -55,9 +65,12 @@ def run(variant: str, reqs, max_tokens: int, cache_dir: Path) -> dict:
     seconds = time.perf_counter() - t0
     ok = [r for r in results if r.ok]
     return {
-        "variant": variant, "replies": len(results), "parsed": len(ok),
+        "variant": variant,
+        "replies": len(results),
+        "parsed": len(ok),
         "types_all_ours": sum(1 for r in ok if all(e.type in types for e in r.value)),
-        "truncated": usage["truncated"], "completion_tokens_per_reply": usage["completion_tokens"] / max(1, usage["requests"]),
+        "truncated": usage["truncated"],
+        "completion_tokens_per_reply": usage["completion_tokens"] / max(1, usage["requests"]),
         "seconds_per_reply": seconds / len(results),
     }
 
@@ -73,8 +86,11 @@ def main() -> None:
     print(f"{'variant':<26}{'parsed':>8}{'our types':>11}{'cut':>6}{'tokens/reply':>14}{'s/reply':>9}")
     for variant in args.variants:
         r = run(variant, reqs, args.max_tokens, cache)
-        print(f"{r['variant']:<26}{r['parsed']:>5}/{r['replies']:<2}{r['types_all_ours']:>9}{r['truncated']:>8}"
-              f"{r['completion_tokens_per_reply']:>12.0f}{r['seconds_per_reply']:>11.1f}", flush=True)
+        print(
+            f"{r['variant']:<26}{r['parsed']:>5}/{r['replies']:<2}{r['types_all_ours']:>9}{r['truncated']:>8}"
+            f"{r['completion_tokens_per_reply']:>12.0f}{r['seconds_per_reply']:>11.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,12 @@ REFINEG = str(Path(sys.executable).parent / "refineg")
 def start(model: str, *llm: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(os.environ, REFINEG_CACHE_DIR=tempfile.mkdtemp(prefix="refineg-serve-bench-"))
-    proc = subprocess.Popen([REFINEG, "serve", "--model", model, "--port", str(port), "--llm-concurrency", "64", *llm],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [REFINEG, "serve", "--model", model, "--port", str(port), "--llm-concurrency", "64", *llm],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -63,8 +67,11 @@ def load_test(url: str, bodies: list[dict], concurrency: int) -> dict:
         with ThreadPoolExecutor(concurrency) as pool:
             latencies = sorted(pool.map(one, bodies))
         wall = time.perf_counter() - t0
-    return {"rps": len(bodies) / wall, "p50": statistics.median(latencies) * 1000,
-            "p95": latencies[int(0.95 * (len(latencies) - 1))] * 1000}
+    return {
+        "rps": len(bodies) / wall,
+        "p50": statistics.median(latencies) * 1000,
+        "p95": latencies[int(0.95 * (len(latencies) - 1))] * 1000,
+    }
 
 
 def main() -> None:
@@ -79,8 +86,13 @@ def main() -> None:
     print(f"{len(bodies)} requests per run (dev tweets, each with a {len(image) // 1024} kB image)")
     print(f"{'setting':<34}{'concurrency':>12}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}")
     with FakeOpenAIServer(default=GoldOracle(dev), latency=args.delay) as llm:
-        for name, extra in (("no LLM", ()), (f"replay MLLM, {args.delay * 1000:.0f} ms a call",
-                                              ("--llm-base-url", llm.base_url, "--llm-model", "oracle"))):
+        for name, extra in (
+            ("no LLM", ()),
+            (
+                f"replay MLLM, {args.delay * 1000:.0f} ms a call",
+                ("--llm-base-url", llm.base_url, "--llm-model", "oracle"),
+            ),
+        ):
             proc, url = start(args.model, *extra)
             try:
                 load_test(url, bodies[:8], 4)  # warm-up

@@ -34,8 +34,12 @@ def wall(cmd: list[str], runs: int = 2) -> float:
     best = float("inf")
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                                                                  "PATH": "/usr/bin:/bin"})
+        subprocess.run(
+            cmd,
+            check=True,
+            capture_output=True,
+            env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        )
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -50,7 +54,7 @@ def parts(model: str, samples, runtime: str, int8: bool) -> dict[str, float]:
     gate = GateCalibration.load(model)
     words = [list(s.tokens) for s in sorted(samples, key=lambda s: tagger.aligner.n_subtokens(s.tokens)) if s.tokens]
     bs = tagger.config.eval_batch_size
-    batches = [words[k:k + bs] for k in range(0, len(words), bs)]
+    batches = [words[k : k + bs] for k in range(0, len(words), bs)]
     t0 = time.perf_counter()
     priors = [tagger.prior.ids(b) for b in batches] if tagger.prior is not None else [None] * len(batches)
     t_prior = time.perf_counter() - t0
@@ -68,8 +72,12 @@ def parts(model: str, samples, runtime: str, int8: bool) -> dict[str, float]:
     apply_gate(gate.rescore(tagged), gate, True)
     t_gate = time.perf_counter() - t0
     n = len(words)
-    return {"spaCy prior": n / t_prior, "tokenizer + network": n / t_net, "CRF decode + marginals": n / t_crf,
-            "gate": n / t_gate}
+    return {
+        "spaCy prior": n / t_prior,
+        "tokenizer + network": n / t_net,
+        "CRF decode + marginals": n / t_crf,
+        "gate": n / t_gate,
+    }
 
 
 def quality(model: str, samples) -> dict[str, tuple[float, float]]:
@@ -83,7 +91,12 @@ def quality(model: str, samples) -> dict[str, tuple[float, float]]:
     for name, runtime, int8 in RUNTIMES:
         tagger = Tagger.load(model, runtime, int8)
         preds = gate.rescore(tagger.predict_detailed(samples))
-        out[name] = (tagger, preds, score(samples, preds).overall["mner"].f1, auroc(*entity_correctness(preds, samples)))
+        out[name] = (
+            tagger,
+            preds,
+            score(samples, preds).overall["mner"].f1,
+            auroc(*entity_correctness(preds, samples)),
+        )
     return out
 
 
@@ -99,7 +112,7 @@ def float32_against_pytorch(graph, torch_, samples, graph_preds, torch_preds) ->
     words = [list(s.tokens) for s in samples if s.tokens]
     worst = 0.0
     for k in range(0, len(words), 64):
-        enc = graph.encode(words[k:k + 64])
+        enc = graph.encode(words[k : k + 64])
         marginals = []
         for tagger in (graph, torch_):
             em, crf = tagger.emissions(enc)
@@ -114,20 +127,35 @@ def main() -> None:
     ap.add_argument("--model", default="runs/demo/model")
     ap.add_argument("--n", type=int, default=1500)
     args = ap.parse_args()
-    samples = load_samples(DEV)[:args.n]
+    samples = load_samples(DEV)[: args.n]
     work = Path(tempfile.mkdtemp(prefix="refineg-speed-"))
     save_samples(samples, work / "data.jsonl")
     (work / "texts.txt").write_text("\n".join(s.text for s in samples) + "\n", encoding="utf-8")
     ours = {}
     for int8 in (True, False):  # the model's own choice is one of these (meta.json "runtime")
         (work / f"int8-{int8}.toml").write_text(f"[tagger]\nint8 = {str(int8).lower()}\n")
-        ours[int8] = wall([REFINEG, "predict", "--model", args.model, "--data", str(work / "data.jsonl"), "--out",
-                           str(work / "pred.jsonl"), "--quiet", "--config", str(work / f"int8-{int8}.toml")])
+        ours[int8] = wall(
+            [
+                REFINEG,
+                "predict",
+                "--model",
+                args.model,
+                "--data",
+                str(work / "data.jsonl"),
+                "--out",
+                str(work / "pred.jsonl"),
+                "--quiet",
+                "--config",
+                str(work / f"int8-{int8}.toml"),
+            ]
+        )
     spacy_s = wall([sys.executable, "-c", SPACY, str(work / "texts.txt")])
     print(f"{len(samples)} dev tweets, whole processes (fastest of 2):")
     for int8, took in ours.items():
-        print(f"  refineg predict, {'int8   ' if int8 else 'float32'} {took:6.1f} s  {len(samples) / took:6.0f} sent/s  "
-              f"{took / spacy_s:5.2f}x spaCy")
+        print(
+            f"  refineg predict, {'int8   ' if int8 else 'float32'} {took:6.1f} s  {len(samples) / took:6.0f} sent/s  "
+            f"{took / spacy_s:5.2f}x spaCy"
+        )
     print(f"  spaCy en_core_web_sm     {spacy_s:6.1f} s  {len(samples) / spacy_s:6.0f} sent/s")
     for name, runtime, int8 in RUNTIMES:
         print(f"parts of tagging, {name}, in one process:")
@@ -139,8 +167,10 @@ def main() -> None:
         print(f"  {name:<26}F1 {f1:.4f}  AUROC {auc:.4f}")
     (graph, graph_preds, *_), (torch_, torch_preds, *_) = runs["ONNX float32"], runs["PyTorch float64"]
     worst, same = float32_against_pytorch(graph, torch_, samples, graph_preds, torch_preds)
-    print(f"ONNX float32 against PyTorch: marginals differ by {worst:.1e} at most; "
-          f"{'the same' if same else 'NOT the same'} entities")
+    print(
+        f"ONNX float32 against PyTorch: marginals differ by {worst:.1e} at most; "
+        f"{'the same' if same else 'NOT the same'} entities"
+    )
 
 
 if __name__ == "__main__":

@@ -57,10 +57,27 @@ def main() -> None:
         save_samples(posts, work / f"data-{n}.jsonl")
         for engine in ["streaming"] + (["earlier"] if args.old_src else []):
             with FakeOpenAIServer(default=GoldOracle(dev), latency=args.delay) as srv:
-                cmd = [REFINEG, "run", "--model", args.model, "--data", str(work / f"data-{n}.jsonl"), "--images",
-                       str(work / "images"), "--llm-base-url", srv.base_url, "--llm-model", "gold-oracle",
-                       "--llm-concurrency", str(args.concurrency), "--cache-dir", str(work / f"cache-{engine}-{n}"),
-                       "--out", str(work / f"{engine}-{n}.jsonl"), "--quiet"]
+                cmd = [
+                    REFINEG,
+                    "run",
+                    "--model",
+                    args.model,
+                    "--data",
+                    str(work / f"data-{n}.jsonl"),
+                    "--images",
+                    str(work / "images"),
+                    "--llm-base-url",
+                    srv.base_url,
+                    "--llm-model",
+                    "gold-oracle",
+                    "--llm-concurrency",
+                    str(args.concurrency),
+                    "--cache-dir",
+                    str(work / f"cache-{engine}-{n}"),
+                    "--out",
+                    str(work / f"{engine}-{n}.jsonl"),
+                    "--quiet",
+                ]
                 env = dict(os.environ)
                 if engine == "earlier":
                     env["PYTHONPATH"] = args.old_src

@@ -39,7 +39,9 @@ def main() -> None:
     cfg = load_config(None)
     settings = {} if args.skip_baseline else {"train-500": seeds}
     mr = synthesize(seeds, RunConfig(synth=SynthConfig(per_sample=args.per_sample)), "mention-replacement", exclude=dev)
-    settings[f"train-500 + mention replacement x{args.per_sample} ({mr.summary['kept']} sentences)"] = seeds + mr.samples
+    settings[f"train-500 + mention replacement x{args.per_sample} ({mr.summary['kept']} sentences)"] = (
+        seeds + mr.samples
+    )
     if cfg.llm.configured:
         llm = synthesize(seeds, cfg, "llm", exclude=dev)
         settings[f"train-500 + LLM synthesis ({llm.summary['kept']} sentences)"] = seeds + llm.samples
@@ -50,8 +52,10 @@ def main() -> None:
         runs = [dev_f1(train, dev, s) for s in args.seeds]
         f1s = [f for f, _ in runs]
         spread = f" ± {statistics.stdev(f1s):.4f}" if len(f1s) > 1 else ""
-        print(f"{name:<60} dev MNER F1 {statistics.mean(f1s):.4f}{spread}  "
-              f"({', '.join(f'{f:.4f}' for f in f1s)}; {statistics.mean(s for _, s in runs):.0f} s to train)")
+        print(
+            f"{name:<60} dev MNER F1 {statistics.mean(f1s):.4f}{spread}  "
+            f"({', '.join(f'{f:.4f}' for f in f1s)}; {statistics.mean(s for _, s in runs):.0f} s to train)"
+        )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from refineg.config import RunConfig, TaggerConfig
 from refineg.data import load_samples, read_ids
 from refineg.eval.metrics import matching, score
 from refineg.gate import auroc, cross_validated_scores, entity_features, uses_corpus
-from refineg.training import train_model
 from refineg.tagger.tagger import Tagger
+from refineg.training import train_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "twitter-gmner"
 SCORES = ("span_marginal", "mean_max_prob", "min_tag_marginal", "mc_dropout")
@@ -47,7 +47,7 @@ def timed_decoding(tagger, samples) -> tuple[float, float]:
     bs = tagger.config.eval_batch_size
     t0 = time.perf_counter()
     for k in range(0, len(order), bs):
-        enc = tagger.encode([list(s.tokens) for s in order[k:k + bs] if s.tokens])
+        enc = tagger.encode([list(s.tokens) for s in order[k : k + bs] if s.tokens])
         em, crf = tagger.emissions(enc)
         viterbi(crf, em, enc.word_mask)
     plain = time.perf_counter() - t0
@@ -79,7 +79,10 @@ def evaluate(tagger, dev, mc: int) -> dict:
         out["uncertainty"][k] = {"auroc": auroc(v, correct), "caught_at_25": caught_at(v, correct)}
     types = sorted({e.type for g in dev for e in g.entities})
     combined = cross_validated_scores(entity_features(tagged, types, uses_corpus(tagged)), correct)
-    out["uncertainty"]["combined (5-fold CV)"] = {"auroc": auroc(combined, correct), "caught_at_25": caught_at(combined, correct)}
+    out["uncertainty"]["combined (5-fold CV)"] = {
+        "auroc": auroc(combined, correct),
+        "caught_at_25": caught_at(combined, correct),
+    }
     return out
 
 
@@ -91,10 +94,16 @@ def main() -> None:
     ap.add_argument("--mc", type=int, default=10, help="MC-dropout passes (0: skip)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--set", action="append", default=[], help="tagger config override, e.g. lstm_hidden=0")
-    ap.add_argument("--models", type=Path, default=Path("runs/bench"), help="trained models are saved (and reused) here")
+    ap.add_argument(
+        "--models", type=Path, default=Path("runs/bench"), help="trained models are saved (and reused) here"
+    )
     ap.add_argument("--retrain", action="store_true", help="train even when a saved model exists")
-    ap.add_argument("--unlabeled", action="store_true", help="also the self-trained setting: the set's labels plus "
-                    "the other train tweets as unlabeled posts (tokens only), reported as '<set> + unlabeled'")
+    ap.add_argument(
+        "--unlabeled",
+        action="store_true",
+        help="also the self-trained setting: the set's labels plus "
+        "the other train tweets as unlabeled posts (tokens only), reported as '<set> + unlabeled'",
+    )
     args = ap.parse_args()
     train_all = load_samples(DATA / "Twitter10000_v2.0" / "txt" / "train.txt")
     dev = load_samples(DATA / "Twitter10000_v2.0" / "txt" / "dev.txt")
@@ -117,11 +126,18 @@ def main() -> None:
         meta = {**full_meta["train"], "seconds": full_meta.get("seconds_total", full_meta["train"]["seconds"])}
         plain, scored = timed_decoding(tagger, dev)
         figures = evaluate(tagger, dev, args.mc)
-        figures.update(setting=full_meta.get("setting"), selftraining=full_meta.get("selftraining"),
-                       train_seconds=meta["seconds"], best_epoch=meta["best_epoch"], epochs_run=meta["epochs_run"],
-                       soup_epochs=meta.get("soup_epochs", []),
-                       tag_per_s=len(dev) / scored, plain_decode_per_s=len(dev) / plain, score_cost=scored / plain,
-                       model_dir=str(model_dir))
+        figures.update(
+            setting=full_meta.get("setting"),
+            selftraining=full_meta.get("selftraining"),
+            train_seconds=meta["seconds"],
+            best_epoch=meta["best_epoch"],
+            epochs_run=meta["epochs_run"],
+            soup_epochs=meta.get("soup_epochs", []),
+            tag_per_s=len(dev) / scored,
+            plain_decode_per_s=len(dev) / plain,
+            score_cost=scored / plain,
+            model_dir=str(model_dir),
+        )
         results[name] = figures
         _print(name, figures)
     if args.json:
@@ -130,15 +146,22 @@ def main() -> None:
 
 def _print(name: str, f: dict) -> None:
     m = f["mner"]
-    print(f"\n== {name} [{f.get('setting') or 'labelled only'}]: dev MNER P {m['precision']:.4f} R {m['recall']:.4f} "
-          f"F1 {m['f1']:.4f} "
-          f"(best epoch {f['best_epoch']}/{f['epochs_run']}, weights averaged over epochs {f['soup_epochs']}, "
-          f"trained in {f['train_seconds']:.0f} s in all)")
+    print(
+        f"\n== {name} [{f.get('setting') or 'labelled only'}]: dev MNER P {m['precision']:.4f} R {m['recall']:.4f} "
+        f"F1 {m['f1']:.4f} "
+        f"(best epoch {f['best_epoch']}/{f['epochs_run']}, weights averaged over epochs {f['soup_epochs']}, "
+        f"trained in {f['train_seconds']:.0f} s in all)"
+    )
     for r in (f.get("selftraining") or {}).get("rounds", []):
-        print(f"   self-training round {r['round']}: {r['pseudo']['used']} pseudo-labelled posts, dev F1 "
-              f"{r['dev_f1_before']:.4f} -> {r['dev_f1_after']:.4f} ({'kept' if r['kept'] else 'dropped'}, {r['seconds']:.0f} s)")
-    print(f"   tagging {f['tag_per_s']:.0f} sent/s with scores, {f['plain_decode_per_s']:.0f} sent/s plain Viterbi "
-          f"-> single-pass scores cost {f['score_cost']:.2f}x")
+        print(
+            f"   self-training round {r['round']}: {r['pseudo']['used']} pseudo-labelled posts, dev F1 "
+            f"{r['dev_f1_before']:.4f} -> {r['dev_f1_after']:.4f} "
+            f"({'kept' if r['kept'] else 'dropped'}, {r['seconds']:.0f} s)"
+        )
+    print(
+        f"   tagging {f['tag_per_s']:.0f} sent/s with scores, {f['plain_decode_per_s']:.0f} sent/s plain Viterbi "
+        f"-> single-pass scores cost {f['score_cost']:.2f}x"
+    )
     print(f"   {'score':<22} {'AUROC':>7} {'errors caught @25%':>19}")
     for k, u in f["uncertainty"].items():
         print(f"   {k:<22} {u['auroc']:>7.4f} {u['caught_at_25']:>19.1%}")

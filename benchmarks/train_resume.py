@@ -32,8 +32,21 @@ REFINEG = str(Path(sys.executable).parent / "refineg")
 def command(unlabeled: Path, out: Path) -> list[str]:
     """The contract command: 500 labelled tweets, the rest as unlabeled posts."""
     txt = DATA / "Twitter10000_v2.0/txt"
-    return [REFINEG, "train", "--train", str(txt / "train.txt"), "--ids", str(DATA / "splits/train-500.ids"),
-            "--dev", str(txt / "dev.txt"), "--unlabeled", str(unlabeled), "--out", str(out), "--quiet"]
+    return [
+        REFINEG,
+        "train",
+        "--train",
+        str(txt / "train.txt"),
+        "--ids",
+        str(DATA / "splits/train-500.ids"),
+        "--dev",
+        str(txt / "dev.txt"),
+        "--unlabeled",
+        str(unlabeled),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
 
 
 def killed_after_first_stage(cmd: list[str], out: Path) -> float:
@@ -77,14 +90,18 @@ def main() -> None:
     lived = killed_after_first_stage(command(work / "unlabeled.jsonl", out), out)
     again = timed(command(work / "unlabeled.jsonl", out))
     ref_meta, meta = (json.loads((d / "meta.json").read_text()) for d in (reference, out))
-    print(f"killed after {lived:.0f} s (its first stage saved); the rerun took {again:.0f} s (resumed after "
-          f"{meta['resumed_after']}); "
-          f"{lived + again:.0f} s in all against {ref_meta['seconds_total']:.0f} s uninterrupted")
+    print(
+        f"killed after {lived:.0f} s (its first stage saved); the rerun took {again:.0f} s (resumed after "
+        f"{meta['resumed_after']}); "
+        f"{lived + again:.0f} s in all against {ref_meta['seconds_total']:.0f} s uninterrupted"
+    )
     dev = load_samples(DATA / "Twitter10000_v2.0/txt/dev.txt")
     same = Tagger.load(out).predict(dev) == Tagger.load(reference).predict(dev)
     f1 = (ref_meta["dev"]["mner"]["f1"], meta["dev"]["mner"]["f1"])
-    print(f"dev MNER F1 uninterrupted {f1[0]:.4f}, resumed {f1[1]:.4f}; gate AUROC {ref_meta['gate']['auroc']:.4f} / "
-          f"{meta['gate']['auroc']:.4f}; every dev prediction (entities, scores) the same: {same}")
+    print(
+        f"dev MNER F1 uninterrupted {f1[0]:.4f}, resumed {f1[1]:.4f}; gate AUROC {ref_meta['gate']['auroc']:.4f} / "
+        f"{meta['gate']['auroc']:.4f}; every dev prediction (entities, scores) the same: {same}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""Shared fixtures: the real Twitter-GMNER files live in ../shared/data beside the repo."""
+"""Shared fixtures: the real Twitter-GMNER files live in ../shared/data beside the repo. Tests are marked by
+what they need (data, train, server, ray): `make test-fast` runs those that need none of it. Without
+../shared, the tests that need it skip when run directly, and fail under `make test` (REFINEG_REQUIRE_DATA)."""
 
 from __future__ import annotations
 
+import inspect
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,21 +20,60 @@ TWITTER_V1 = SHARED_DATA / "twitter-gmner" / "Twitter10000"
 SPLITS = SHARED_DATA / "twitter-gmner" / "splits"
 SAMPLE_IMAGE = SHARED_DATA / "twitter-gmner" / "sample_images" / "O_3498.jpg"
 REFINEG = str(Path(sys.executable).parent / "refineg")
+DATA_THERE = (TWITTER_V2 / "txt" / "dev.txt").is_file()
+
+# what marks a test: fixtures it takes, or words in its own source
+MARKS = {
+    "data": (
+        {"twitter_dev", "twitter_train", "tiny_model", "self_training"},
+        ("SHARED_DATA", "TWITTER_V1", "TWITTER_V2", "SPLITS", "SAMPLE_IMAGE"),
+    ),
+    "train": (
+        {"tiny_model", "self_training"},
+        (
+            "train_model(",
+            "train_tagger(",
+            "self_train(",
+            '"train", "--train"',
+            '_run("train"',
+            "run_demo(",
+            '"demo", "--out"',
+        ),
+    ),
+    "server": ({"label_studio", "service"}, ("Running(", "packaged_smollm2", "chromium", '"serve"')),
+    "ray": (set(), ('"--engine", "ray"', "_ray_args(")),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test by what it needs; without the shared data, skip (or, when it is required, fail) those
+    that need it."""
+    for item in items:
+        try:
+            source = inspect.getsource(item.function)
+        except (OSError, TypeError, AttributeError):
+            source = ""
+        for mark, (fixtures, words) in MARKS.items():
+            if fixtures & set(getattr(item, "fixturenames", ())) or any(w in source for w in words):
+                item.add_marker(mark)
+        if not DATA_THERE and item.get_closest_marker("data"):
+            item.add_marker(pytest.mark.skip(reason=f"the shared data is missing: {TWITTER_V2}"))
+
+
+def pytest_sessionstart(session):
+    if os.environ.get("REFINEG_REQUIRE_DATA") and not DATA_THERE:
+        raise pytest.UsageError(f"the shared data is missing: {TWITTER_V2} (make test and CI need ../shared)")
 
 
 @pytest.fixture(scope="session")
 def twitter_dev():
-    """Path of the real v2.0 dev split (the tests need ../shared; they never skip without it)."""
-    path = TWITTER_V2 / "txt" / "dev.txt"
-    assert path.is_file(), f"the shared data is missing: {path}"
-    return path
+    """Path of the real v2.0 dev split (a test taking it is marked data)."""
+    return TWITTER_V2 / "txt" / "dev.txt"
 
 
 @pytest.fixture(scope="session")
 def twitter_train():
-    path = TWITTER_V2 / "txt" / "train.txt"
-    assert path.is_file(), f"the shared data is missing: {path}"
-    return path
+    return TWITTER_V2 / "txt" / "train.txt"
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +89,11 @@ def tiny_model(tmp_path_factory, twitter_train, twitter_dev):
 
     dev = load_samples(twitter_dev)[:40]
     train = load_samples(twitter_train)[:40] + dev
-    cfg = RunConfig(tagger=TaggerConfig(epochs=4, min_epoch_steps=1, lstm_hidden=32, batch_size=8, lr_head=3e-3,
-                                        lr_encoder=2e-4, warmup=0))
+    cfg = RunConfig(
+        tagger=TaggerConfig(
+            epochs=4, min_epoch_steps=1, lstm_hidden=32, batch_size=8, lr_head=3e-3, lr_encoder=2e-4, warmup=0
+        )
+    )
     out = tmp_path_factory.mktemp("tiny_model")
     result = train_model(train, dev, cfg, out, progress=False)
     return out, result, dev
@@ -64,9 +110,20 @@ class SelfTraining:
 
     def command(self, out: str, unlabeled: bool = True) -> list[str]:
         """The training command writing MODEL_DIR folder / out (without unlabeled posts: a plain training)."""
-        return [REFINEG, "train", "--train", str(self.folder / "train.jsonl"), "--dev", str(self.folder / "dev.jsonl"),
-                *(["--unlabeled", str(self.folder / "unlabeled.txt")] if unlabeled else []),
-                "--out", str(self.folder / out), "--config", str(self.folder / "cfg.toml"), "--quiet"]
+        return [
+            REFINEG,
+            "train",
+            "--train",
+            str(self.folder / "train.jsonl"),
+            "--dev",
+            str(self.folder / "dev.jsonl"),
+            *(["--unlabeled", str(self.folder / "unlabeled.txt")] if unlabeled else []),
+            "--out",
+            str(self.folder / out),
+            "--config",
+            str(self.folder / "cfg.toml"),
+            "--quiet",
+        ]
 
 
 @pytest.fixture(scope="session")
@@ -79,10 +136,12 @@ def self_training(tmp_path_factory, twitter_train, twitter_dev) -> SelfTraining:
     save_samples(train[:40] + dev, folder / "train.jsonl")  # as the tiny model: enough entities to work with
     save_samples(dev, folder / "dev.jsonl")
     (folder / "unlabeled.txt").write_text("\n".join(s.text for s in train[40:140]) + "\n", encoding="utf-8")
-    (folder / "cfg.toml").write_text("[tagger]\nepochs = 4\nmin_epoch_steps = 1\nlstm_hidden = 32\nsoup = 2\n"
-                                     "batch_size = 8\nlr_head = 3e-3\nlr_encoder = 2e-4\nwarmup = 0\n"
-                                     "checkpoint_seconds = 0\n"
-                                     "[selftrain]\nepochs = 2\nentity_score = 0.0\nrounds = 2\n")
+    (folder / "cfg.toml").write_text(
+        "[tagger]\nepochs = 4\nmin_epoch_steps = 1\nlstm_hidden = 32\nsoup = 2\n"
+        "batch_size = 8\nlr_head = 3e-3\nlr_encoder = 2e-4\nwarmup = 0\n"
+        "checkpoint_seconds = 0\n"
+        "[selftrain]\nepochs = 2\nentity_score = 0.0\nrounds = 2\n"
+    )
     run = SelfTraining(folder, dev, None)
     result = subprocess.run(run.command("whole"), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

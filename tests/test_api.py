@@ -21,11 +21,26 @@ def _rows(preds):
 def test_load_call_and_pipe_match_refineg_predict(tiny_model, tmp_path):
     model, _, dev = tiny_model
     save_samples(dev, tmp_path / "dev.jsonl")
-    res = subprocess.run([REFINEG, "predict", "--model", str(model), "--data", str(tmp_path / "dev.jsonl"),
-                          "--out", str(tmp_path / "p.jsonl"), "--quiet"], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            REFINEG,
+            "predict",
+            "--model",
+            str(model),
+            "--data",
+            str(tmp_path / "dev.jsonl"),
+            "--out",
+            str(tmp_path / "p.jsonl"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
-    cli = [[(e["start"], e["end"], e["type"], e["score"]) for e in json.loads(l)["entities"]]
-           for l in (tmp_path / "p.jsonl").read_text().splitlines()]
+    cli = [
+        [(e["start"], e["end"], e["type"], e["score"]) for e in json.loads(line)["entities"]]
+        for line in (tmp_path / "p.jsonl").read_text().splitlines()
+    ]
     nlp = refineg.load(model)
     assert isinstance(nlp, refineg.Pipeline)
     one_by_one = [nlp(tokens=s.tokens, id=s.id) for s in dev]
@@ -37,8 +52,9 @@ def test_load_call_and_pipe_match_refineg_predict(tiny_model, tmp_path):
 
 
 def test_import_refineg_is_lazy():
-    out = subprocess.run([sys.executable, "-c", "import sys, refineg; print('torch' in sys.modules)"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, refineg; print('torch' in sys.modules)"], capture_output=True, text=True
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -50,12 +66,19 @@ def test_with_an_llm_an_in_memory_image_is_grounded(tiny_model, tmp_path):
         text = json.dumps(body)
         if "Ground exactly" in text or "lists every entity" in text:
             ents = refineg.load(model)(tokens=sample.tokens).entities
-            return Reply(json.dumps({"entities": [{"text": e.text, "type": e.type, "boxes": [[10, 20, 110, 220]]} for e in ents]}))
+            return Reply(
+                json.dumps(
+                    {"entities": [{"text": e.text, "type": e.type, "boxes": [[10, 20, 110, 220]]} for e in ents]}
+                )
+            )
         return Reply('{"entities": []}')
 
     with FakeOpenAIServer(default=answer) as srv:
-        nlp = refineg.load(model, llm={"base_url": srv.base_url, "model": "m", "cache_dir": str(tmp_path)},
-                           settings={"ground": {"skip_ungroundable": False}})
+        nlp = refineg.load(
+            model,
+            llm={"base_url": srv.base_url, "model": "m", "cache_dir": str(tmp_path)},
+            settings={"ground": {"skip_ungroundable": False}},
+        )
         with nlp:
             pred = nlp(tokens=sample.tokens, image=Image.new("RGB", (600, 400)))
     assert any(e.boxes for e in pred.entities)
@@ -67,13 +90,15 @@ def test_the_api_checks_its_inputs_with_our_own_errors(tiny_model, tmp_path):
     from refineg.errors import DataError
 
     nlp = refineg.load(tiny_model[0])
-    for call, says in ((lambda: nlp(tokens="Obama in Paris"), "tokens must be a list of strings"),
-                       (lambda: nlp(42), "text must be a string"),
-                       (lambda: nlp("Obama in Paris", image=5), "image must be a file path"),
-                       (lambda: nlp("Obama in Paris", image=tmp_path / "missing.jpg"), "image not found"),
-                       (lambda: nlp("Obama in Paris", image=b"not an image"), "image"),
-                       (lambda: nlp("   "), "empty"),
-                       (lambda: nlp(), "text or as tokens")):
+    for call, says in (
+        (lambda: nlp(tokens="Obama in Paris"), "tokens must be a list of strings"),
+        (lambda: nlp(42), "text must be a string"),
+        (lambda: nlp("Obama in Paris", image=5), "image must be a file path"),
+        (lambda: nlp("Obama in Paris", image=tmp_path / "missing.jpg"), "image not found"),
+        (lambda: nlp("Obama in Paris", image=b"not an image"), "image"),
+        (lambda: nlp("   "), "empty"),
+        (lambda: nlp(), "text or as tokens"),
+    ):
         with pytest.raises(DataError, match=says):
             call()
 

@@ -90,8 +90,19 @@ def test_train_then_predict_through_the_cli(twitter_train, twitter_dev, tmp_path
     save_samples(load_samples(twitter_dev)[:20], tmp_path / "dev.jsonl")
     cfg = tmp_path / "run.toml"
     cfg.write_text("[tagger]\nlstm_hidden = 16\nbatch_size = 8\n")
-    res = _run("train", "--train", tmp_path / "train.jsonl", "--dev", tmp_path / "dev.jsonl", "--out", tmp_path / "m",
-               "--epochs", "1", "--config", cfg)
+    res = _run(
+        "train",
+        "--train",
+        tmp_path / "train.jsonl",
+        "--dev",
+        tmp_path / "dev.jsonl",
+        "--out",
+        tmp_path / "m",
+        "--epochs",
+        "1",
+        "--config",
+        cfg,
+    )
     assert res.returncode == 0, res.stderr
     # stderr is a pipe here, as in a log file: plain progress lines, a line per epoch with its dev score
     assert "\r" not in res.stderr and "epoch 1/1: loss" in res.stderr and "dev MNER F1" in res.stderr
@@ -110,7 +121,7 @@ def test_train_then_predict_through_the_cli(twitter_train, twitter_dev, tmp_path
     res = _run("report", tmp_path / "p.jsonl", "--gold", tmp_path / "dev.jsonl", "--out", tmp_path / "report")
     assert res.returncode == 0, res.stderr
     assert "model: 30 labelled only" in (tmp_path / "report" / "index.html").read_text()
-    lines = [json.loads(l) for l in (tmp_path / "p.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(lines) == 20
     for line in lines:
         assert 0.0 <= line["missing_score"] <= 1.0
@@ -118,20 +129,53 @@ def test_train_then_predict_through_the_cli(twitter_train, twitter_dev, tmp_path
             assert 0.0 <= e["score"] <= 1.0 and e["decision"] == "keep" and e["source"] == "tagger"
     assert _run("evaluate", tmp_path / "dev.jsonl", tmp_path / "p.jsonl", "--json").returncode == 0
     # LLM options call no LLM in predict and change nothing; --decisions marks what the gate would delegate
-    res = _run("predict", "--model", tmp_path / "m", "--data", tmp_path / "dev.jsonl", "--out", tmp_path / "q.jsonl",
-               "--quiet", "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "m")
+    res = _run(
+        "predict",
+        "--model",
+        tmp_path / "m",
+        "--data",
+        tmp_path / "dev.jsonl",
+        "--out",
+        tmp_path / "q.jsonl",
+        "--quiet",
+        "--llm-base-url",
+        "http://127.0.0.1:9/v1",
+        "--llm-model",
+        "m",
+    )
     assert res.returncode == 0 and "change nothing" in res.stderr
     assert (tmp_path / "q.jsonl").read_text() == (tmp_path / "p.jsonl").read_text()
-    res = _run("predict", "--model", tmp_path / "m", "--data", tmp_path / "dev.jsonl", "--out", tmp_path / "d.jsonl",
-               "--quiet", "--decisions")
+    res = _run(
+        "predict",
+        "--model",
+        tmp_path / "m",
+        "--data",
+        tmp_path / "dev.jsonl",
+        "--out",
+        tmp_path / "d.jsonl",
+        "--quiet",
+        "--decisions",
+    )
     assert res.returncode == 0 and "would be delegated" in res.stdout
-    decided = [json.loads(l) for l in (tmp_path / "d.jsonl").read_text().splitlines()]
-    assert [[e["score"] for e in r["entities"]] for r in decided] == [[e["score"] for e in r["entities"]] for r in lines]
+    decided = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert [[e["score"] for e in r["entities"]] for r in decided] == [
+        [e["score"] for e in r["entities"]] for r in lines
+    ]
 
 
 def test_train_with_a_bad_encoder_exits_2(twitter_dev, tmp_path):
-    res = _run("train", "--train", twitter_dev, "--dev", twitter_dev, "--out", tmp_path / "m",
-               "--encoder", tmp_path / "missing-encoder", "--quiet")
+    res = _run(
+        "train",
+        "--train",
+        twitter_dev,
+        "--dev",
+        twitter_dev,
+        "--out",
+        tmp_path / "m",
+        "--encoder",
+        tmp_path / "missing-encoder",
+        "--quiet",
+    )
     assert res.returncode == 2 and "no such encoder folder" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -140,24 +184,54 @@ def test_synthesize_offline_and_with_a_scripted_llm(twitter_train, twitter_dev, 
 
     ids = tmp_path / "ids"
     ids.write_text("O_3498\n")
-    res = _run("synthesize", "--train", twitter_train, "--ids", ids, "--out", tmp_path / "mr.jsonl", "--quiet",
-               "--per-sample", "2")
+    res = _run(
+        "synthesize",
+        "--train",
+        twitter_train,
+        "--ids",
+        ids,
+        "--out",
+        tmp_path / "mr.jsonl",
+        "--quiet",
+        "--per-sample",
+        "2",
+    )
     assert res.returncode == 0, res.stderr
     assert "no LLM configured" in res.stdout
     # one seed, two PER mentions: the only new sentence swaps them; the second copy repeats it
     assert len((tmp_path / "mr.jsonl").read_text().splitlines()) == 1
     assert json.loads((tmp_path / "mr.jsonl.summary.json").read_text())["dropped"] == {"duplicate_sentence": 1}
 
-    answer = {"samples": [
-        {"text": "Tobey Maguire and Leonardo DiCaprio at the lanes", "entities": [
-            {"text": "Tobey Maguire", "type": "PER"}, {"text": "Leonardo DiCaprio", "type": "PER"}]},
-        {"text": "Leonardo DiCaprio won", "entities": [{"text": "Kate Winslet", "type": "PER"}]}]}
+    answer = {
+        "samples": [
+            {
+                "text": "Tobey Maguire and Leonardo DiCaprio at the lanes",
+                "entities": [{"text": "Tobey Maguire", "type": "PER"}, {"text": "Leonardo DiCaprio", "type": "PER"}],
+            },
+            {"text": "Leonardo DiCaprio won", "entities": [{"text": "Kate Winslet", "type": "PER"}]},
+        ]
+    }
     with FakeOpenAIServer(default=lambda body: Reply(json.dumps(answer))) as srv:
-        res = _run("synthesize", "--train", twitter_train, "--ids", ids, "--out", tmp_path / "llm.jsonl", "--quiet",
-                   "--llm-base-url", srv.base_url, "--llm-model", "m", "--cache-dir", tmp_path / "c",
-                   "--exclude", twitter_dev)
+        res = _run(
+            "synthesize",
+            "--train",
+            twitter_train,
+            "--ids",
+            ids,
+            "--out",
+            tmp_path / "llm.jsonl",
+            "--quiet",
+            "--llm-base-url",
+            srv.base_url,
+            "--llm-model",
+            "m",
+            "--cache-dir",
+            tmp_path / "c",
+            "--exclude",
+            twitter_dev,
+        )
     assert res.returncode == 0, res.stderr
-    lines = [json.loads(l) for l in (tmp_path / "llm.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / "llm.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and lines[0]["seed_id"] == "O_3498" and lines[0]["source"] == "synthetic"
     summary = json.loads((tmp_path / "llm.jsonl.summary.json").read_text())
     assert summary["dropped"] == {"entity_not_in_text": 2, "duplicate_sentence": 1}  # keep + new requests

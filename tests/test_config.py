@@ -16,8 +16,10 @@ REFINEG = str(Path(sys.executable).parent / "refineg")
 
 def test_run_options_come_from_the_config_and_flags_override_them(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('[run]\nimages = ["a", "b"]\nstrict = true\nwindow = 12\nclip = "some/clip"\n'
-                    '[service]\nport = 9001\nmax_body_mb = 2.5\n[llm]\ntypes = "ccks"\n')
+    path.write_text(
+        '[run]\nimages = ["a", "b"]\nstrict = true\nwindow = 12\nclip = "some/clip"\n'
+        '[service]\nport = 9001\nmax_body_mb = 2.5\n[llm]\ntypes = "ccks"\n'
+    )
     cfg = load_config(path)
     assert cfg.run.images == [Path("a"), Path("b")] and cfg.run.strict and cfg.run.window == 12
     assert cfg.run.clip == "some/clip" and cfg.service.port == 9001 and cfg.service.max_body == 2_500_000
@@ -35,15 +37,18 @@ def test_a_commands_own_defaults_sit_under_the_config_file(tmp_path):
     assert load_config(path, {"tagger": {"epochs": 2}}, defaults={"tagger": {"epochs": 8}}).tagger.epochs == 2
 
 
-@pytest.mark.parametrize("toml, says", [
-    ("[llm]\ntimout = 3\n", "[llm] timout: unknown key; did you mean 'timeout'?"),
-    ("[lm]\ntimeout = 3\n", "[lm]: unknown section; did you mean 'llm'?"),
-    ("[run]\nwindw = 3\n", "[run] windw: unknown key; did you mean 'window'?"),
-    ("[run]\nzzz = 3\n", "[run] zzz: unknown key; known keys: images, demos"),
-    ('[llm]\nbase_url = "localhost:8000/v1"\nmodel = "m"\n', "not an http(s) URL"),
-    ('[llm]\nbox_format = "qwen9"\n', "unknown box format 'qwen9'"),
-    ("[llm]\nconcurrency = 0\n", "[llm] concurrency: Input should be greater than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    "toml, says",
+    [
+        ("[llm]\ntimout = 3\n", "[llm] timout: unknown key; did you mean 'timeout'?"),
+        ("[lm]\ntimeout = 3\n", "[lm]: unknown section; did you mean 'llm'?"),
+        ("[run]\nwindw = 3\n", "[run] windw: unknown key; did you mean 'window'?"),
+        ("[run]\nzzz = 3\n", "[run] zzz: unknown key; known keys: images, demos"),
+        ('[llm]\nbase_url = "localhost:8000/v1"\nmodel = "m"\n', "not an http(s) URL"),
+        ('[llm]\nbox_format = "qwen9"\n', "unknown box format 'qwen9'"),
+        ("[llm]\nconcurrency = 0\n", "[llm] concurrency: Input should be greater than or equal to 1"),
+    ],
+)
 def test_a_bad_config_is_one_clear_error(tmp_path, toml, says):
     path = tmp_path / "run.toml"
     path.write_text(toml)

@@ -20,8 +20,13 @@ def _data():
     preds = []
     for i in range(8):
         right = i < 6
-        preds.append(Prediction(f"s{i}", (Entity("a", "PER" if right else "ORG", 0, 1, score=0.5 + i / 20 if right else 0.1 * (i - 5)),),
-                                missing_score=i / 10))
+        preds.append(
+            Prediction(
+                f"s{i}",
+                (Entity("a", "PER" if right else "ORG", 0, 1, score=0.5 + i / 20 if right else 0.1 * (i - 5)),),
+                missing_score=i / 10,
+            )
+        )
     return gold, preds
 
 
@@ -55,8 +60,12 @@ def test_a_dev_score_moved_by_rounding_noise_keeps_its_decision(mode):
     cal = calibrate(preds, gold, GateConfig(mode=mode, budget=0.25, missing_rate=0.25))
     before = apply_gate(preds, cal, True)
     for eps in (1e-12, -1e-12):  # what another batch's float rounding does to a score
-        moved = [p.with_(entities=tuple(e.with_(score=e.score + eps) for e in p.entities),
-                         missing_score=p.missing_score + eps) for p in preds]
+        moved = [
+            p.with_(
+                entities=tuple(e.with_(score=e.score + eps) for e in p.entities), missing_score=p.missing_score + eps
+            )
+            for p in preds
+        ]
         after = apply_gate(moved, cal, True)
         assert [[e.decision for e in p.entities] for p in after] == [[e.decision for e in p.entities] for p in before]
         assert [p.maybe_missing for p in after] == [p.maybe_missing for p in before]
@@ -103,8 +112,13 @@ def test_score_model_falls_back_when_dev_has_no_errors_to_learn_from():
     from refineg.tagger.tagger import EntityScores, Tagged
 
     gold = [Sample(f"s{i}", ("a", "b"), (Entity("a", "PER", 0, 1),)) for i in range(20)]
-    tagged = [Tagged(Prediction(g.id, (Entity("a", "PER", 0, 1, score=0.9, source="tagger"),)),
-                     (EntityScores(0.9, 0.95, 0.9, None, True),)) for g in gold]
+    tagged = [
+        Tagged(
+            Prediction(g.id, (Entity("a", "PER", 0, 1, score=0.9, source="tagger"),)),
+            (EntityScores(0.9, 0.95, 0.9, None, True),),
+        )
+        for g in gold
+    ]
     assert ScoreModel.fit(tagged, gold) is None
     w, b = fit_logistic(np.ones((20, 3)), np.ones(20))
     assert np.all(np.isfinite(w)) and np.isfinite(b)
@@ -142,8 +156,19 @@ def test_a_gate_file_from_an_older_score_model_names_the_file(tmp_path):
 
     from refineg.errors import ConfigError
 
-    fields = dict(mode="budget", budget=0.25, threshold=0.5, missing_threshold=0.9, auroc=0.8, delegation_rate=0.25,
-                  errors_caught=0.5, misses_in_flagged=0.3, sample_flag_rate=0.1, n_entities=10, n_errors=3)
+    fields = dict(
+        mode="budget",
+        budget=0.25,
+        threshold=0.5,
+        missing_threshold=0.9,
+        auroc=0.8,
+        delegation_rate=0.25,
+        errors_caught=0.5,
+        misses_in_flagged=0.3,
+        sample_flag_rate=0.1,
+        n_entities=10,
+        n_errors=3,
+    )
     old = {"features": ["logit_span_marginal", "type=PER"], "types": ["PER"], "weights": [1.0, 0.0], "bias": 0.0}
     (tmp_path / "gate.json").write_text(json.dumps({**fields, "score_model": old}))
     with pytest.raises(ConfigError, match=r"gate\.json: .*other features"):

@@ -27,8 +27,11 @@ def test_no_module_imports_a_private_name_from_another_module():
             if isinstance(node, ast.ImportFrom):
                 source = _absolute(node, here, path.name == "__init__.py")
                 if source.startswith("refineg") and source != here:
-                    found += [f"{here}: from {source} import {a.name}" for a in node.names
-                              if a.name.startswith("_") and a.name != "__version__"]
+                    found += [
+                        f"{here}: from {source} import {a.name}"
+                        for a in node.names
+                        if a.name.startswith("_") and a.name != "__version__"
+                    ]
             elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
                 # module._private through an imported refineg module
                 if isinstance(node.value, ast.Name) and node.value.id in _imported_modules(path):
@@ -44,8 +47,11 @@ def _imported_modules(path: Path) -> set[str]:
         if isinstance(node, ast.ImportFrom):
             source = _absolute(node, here, path.name == "__init__.py")
             for a in node.names:
-                if source.startswith("refineg") and (PACKAGE.parent / Path(*f"{source}.{a.name}".split("."))).with_suffix(
-                        ".py").exists() or (PACKAGE.parent / Path(*f"{source}.{a.name}".split("."))).is_dir():
+                if (
+                    source.startswith("refineg")
+                    and (PACKAGE.parent / Path(*f"{source}.{a.name}".split("."))).with_suffix(".py").exists()
+                    or (PACKAGE.parent / Path(*f"{source}.{a.name}".split("."))).is_dir()
+                ):
                     names.add(a.asname or a.name)
         elif isinstance(node, ast.Import):
             names.update(a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("refineg"))

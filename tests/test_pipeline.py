@@ -23,10 +23,13 @@ def images(tiny_model, tmp_path_factory):
 
 def _nlp(model, srv, images, tmp_path, concurrency=8, **run) -> Pipeline:
     """A pipeline whose every post with entities calls the MLLM (its image is there, grounding is never skipped)."""
-    cfg = RunConfig(llm=LLMConfig(base_url=srv.base_url, model="gold-oracle", concurrency=concurrency,
-                                  cache=False, cache_dir=tmp_path),
-                    ground=GroundConfig(skip_ungroundable=False),
-                    run=RunSection(progress=False, images=[images], **run))
+    cfg = RunConfig(
+        llm=LLMConfig(
+            base_url=srv.base_url, model="gold-oracle", concurrency=concurrency, cache=False, cache_dir=tmp_path
+        ),
+        ground=GroundConfig(skip_ungroundable=False),
+        run=RunSection(progress=False, images=[images], **run),
+    )
     return Pipeline(model, cfg)
 
 
@@ -66,8 +69,10 @@ def test_the_window_bounds_the_posts_under_way_and_concurrency_the_requests(tiny
     model, _, dev = tiny_model
     posts = _posts(dev, 80)
     for window, concurrency, most in ((5, 8, 5), (64, 6, 6)):
-        with FakeOpenAIServer(default=GoldOracle(dev), latency=0.2) as srv, \
-                _nlp(model, srv, images, tmp_path, concurrency=concurrency, window=window) as nlp:
+        with (
+            FakeOpenAIServer(default=GoldOracle(dev), latency=0.2) as srv,
+            _nlp(model, srv, images, tmp_path, concurrency=concurrency, window=window) as nlp,
+        ):
             done = list(nlp.stream(posts))
         assert len(done) == len(posts)
         # never more than allowed, and the endpoint kept busy up to that
@@ -122,5 +127,6 @@ def test_pipe_gives_predictions_in_input_order_for_text_tokens_and_samples(tiny_
         items = [dev[0], {"tokens": list(dev[1].tokens), "id": "b"}, " ".join(dev[2].tokens)]
         got = list(nlp.pipe(items, batch_size=2))
         assert [p.id for p in got[:2]] == [dev[0].id, "b"] and got[2].tokens == dev[2].tokens
-        assert [json.dumps([e.text for e in p.entities]) for p in got] == \
-               [json.dumps([e.text for e in nlp(tokens=s.tokens).entities]) for s in dev[:3]]
+        assert [json.dumps([e.text for e in p.entities]) for p in got] == [
+            json.dumps([e.text for e in nlp(tokens=s.tokens).entities]) for s in dev[:3]
+        ]

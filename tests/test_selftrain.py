@@ -12,21 +12,27 @@ from refineg.selftrain import fresh_posts, pseudo_labelled
 from refineg.types import Entity, Prediction, Sample
 
 
-
 def _post(i: int) -> Sample:
     return Sample(f"u{i}", tuple(f"w{i}_{k}" for k in range(4)))
 
 
 def _pred(i: int, scores: list[float], missing: float = 0.0) -> Prediction:
-    ents = tuple(Entity(f"w{i}_{k}", "PER", k, k + 1, score=s, source="tagger", decision="keep")
-                 for k, s in enumerate(scores))
+    ents = tuple(
+        Entity(f"w{i}_{k}", "PER", k, k + 1, score=s, source="tagger", decision="keep") for k, s in enumerate(scores)
+    )
     return Prediction(f"u{i}", ents, missing_score=missing)
 
 
 def test_a_post_is_used_only_when_every_entity_is_trusted_and_none_seems_missing():
     posts = [_post(i) for i in range(6)]
-    preds = [_pred(0, [0.95, 0.99]), _pred(1, [0.95, 0.5]), _pred(2, [0.97], missing=0.8), _pred(3, []),
-             _pred(4, [], missing=0.9), _pred(5, [0.93])]
+    preds = [
+        _pred(0, [0.95, 0.99]),
+        _pred(1, [0.95, 0.5]),
+        _pred(2, [0.97], missing=0.8),
+        _pred(3, []),
+        _pred(4, [], missing=0.9),
+        _pred(5, [0.93]),
+    ]
     cfg = SelfTrainConfig(entity_score=0.9, empty_share=0.5)
     kept, counts = pseudo_labelled(posts, preds, cfg, missing_threshold=0.5, seed=1)
     assert all(not unknown for _, unknown in kept)
@@ -35,7 +41,10 @@ def test_a_post_is_used_only_when_every_entity_is_trusted_and_none_seems_missing
     assert counts["uncertain_entity"] == 1 and counts["maybe_missing_an_entity"] == 2
     ents = [e for s in kept for e in s.entities]
     assert all(e.source == "pseudo" and e.score is None and e.decision is None for e in ents)
-    assert [(e.start, e.end, e.type) for e in next(s for s in kept if s.id == "u0").entities] == [(0, 1, "PER"), (1, 2, "PER")]
+    assert [(e.start, e.end, e.type) for e in next(s for s in kept if s.id == "u0").entities] == [
+        (0, 1, "PER"),
+        (1, 2, "PER"),
+    ]
 
 
 def test_posts_without_entities_are_capped_and_the_round_is_capped():
@@ -65,8 +74,13 @@ def test_a_partly_trusted_post_keeps_its_trusted_entities_and_leaves_the_doubtfu
 def test_dev_and_labelled_posts_are_never_pseudo_labelled_even_under_another_id(caplog):
     dev = [Sample("d1", ("A", "dev", "post"))]
     train = [Sample("t1", ("A", "train", "post"))]
-    unlabeled = [Sample("x1", ("a", "DEV", "post")), Sample("t1", ("other",)), Sample("x2", ("new", "post")),
-                 Sample("x3", ("new", "post")), Sample("x4", ())]
+    unlabeled = [
+        Sample("x1", ("a", "DEV", "post")),
+        Sample("t1", ("other",)),
+        Sample("x2", ("new", "post")),
+        Sample("x3", ("new", "post")),
+        Sample("x4", ()),
+    ]
     assert [s.id for s in fresh_posts(unlabeled, train, dev)] == ["x2"]
     assert "1 unlabeled post(s) left out: they have the id of a labelled or dev post" in caplog.text  # t1
 
@@ -75,7 +89,10 @@ def test_unlabeled_posts_come_as_plain_text_jsonl_or_a_split(tmp_path, twitter_d
     txt = tmp_path / "posts.txt"
     txt.write_text("RT @user : Obama visits Paris\n\n  second post here  \n", encoding="utf-8")
     posts = load_unlabeled(txt)
-    assert [s.tokens for s in posts] == [("RT", "@", "user", ":", "Obama", "visits", "Paris"), ("second", "post", "here")]
+    assert [s.tokens for s in posts] == [
+        ("RT", "@", "user", ":", "Obama", "visits", "Paris"),
+        ("second", "post", "here"),
+    ]
     assert [s.id for s in posts] == ["unlabeled-1", "unlabeled-3"]
     jsonl = tmp_path / "posts.jsonl"
     save_samples([Sample("j1", ("Obama", "here"), (Entity("Obama", "PER", 0, 1),))], jsonl)
@@ -96,12 +113,15 @@ def test_unlabeled_posts_come_as_plain_text_jsonl_or_a_split(tmp_path, twitter_d
         load_unlabeled(bad)
 
 
-@pytest.mark.parametrize("name, text", [
-    ("untagged-split.txt", "IMGID:17\nObama\nvisits\nParis\n\nIMGID:18\nHello\nworld\n\n"),
-    ("tagged-no-ids.txt", "Obama\tB-PER\nvisits\tO\nParis\tB-LOC\n\nHello\tO\nworld\tO\n"),
-    ("conll2003-style.conll", "Obama NNP B-PER\nvisits VBZ O\nParis NNP B-LOC\n\n\nHello UH O\nworld NN O\n"),
-    ("one-token-a-line.txt", "Obama\nvisits\nParis\n\nHello\nworld\n"),
-])
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("untagged-split.txt", "IMGID:17\nObama\nvisits\nParis\n\nIMGID:18\nHello\nworld\n\n"),
+        ("tagged-no-ids.txt", "Obama\tB-PER\nvisits\tO\nParis\tB-LOC\n\nHello\tO\nworld\tO\n"),
+        ("conll2003-style.conll", "Obama NNP B-PER\nvisits VBZ O\nParis NNP B-LOC\n\n\nHello UH O\nworld NN O\n"),
+        ("one-token-a-line.txt", "Obama\nvisits\nParis\n\nHello\nworld\n"),
+    ],
+)
 def test_token_per_line_files_are_posts_not_lines(tmp_path, name, text):
     (tmp_path / name).write_text(text, encoding="utf-8")
     posts = load_unlabeled(tmp_path / name)

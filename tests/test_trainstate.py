@@ -67,8 +67,13 @@ def test_a_killed_self_training_resumes_after_its_last_stage_and_ends_as_if_neve
     assert metas[1]["resumed_after"].startswith("the labelled-only training") and metas[0]["resumed_after"] is None
     for key in ("dev_f1_by_epoch", "best_epoch", "soup_epochs"):
         assert metas[1]["train"][key] == metas[0]["train"][key]
-    rounds = [[{k: v for k, v in r.items() if k not in ("seconds", "resumed_after_epoch")}
-               for r in m["selftraining"]["rounds"]] for m in metas]
+    rounds = [
+        [
+            {k: v for k, v in r.items() if k not in ("seconds", "resumed_after_epoch")}
+            for r in m["selftraining"]["rounds"]
+        ]
+        for m in metas
+    ]
     assert rounds[1] == rounds[0]
     assert metas[1]["dev"]["mner"] == metas[0]["dev"]["mner"]
     assert metas[1]["seconds_total"] >= metas[1]["train"]["seconds"]  # the killed run's training is counted
@@ -81,8 +86,9 @@ def test_a_killed_training_resumes_after_its_last_saved_epoch_and_ends_as_if_nev
     folder, dev = self_training.folder, self_training.dev
     runs = {}
     for out in ("plain", "plain-killed"):
-        proc = subprocess.Popen(self_training.command(out, unlabeled=False), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            self_training.command(out, unlabeled=False), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         state = folder / f".{out}.work" / "epochs-000" / "training.pt"
         if out == "plain-killed":
             deadline = time.monotonic() + 600
@@ -92,15 +98,18 @@ def test_a_killed_training_resumes_after_its_last_saved_epoch_and_ends_as_if_nev
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             assert not (folder / out).exists()
-            proc = subprocess.Popen(self_training.command(out, unlabeled=False), stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                self_training.command(out, unlabeled=False), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
         stdout, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stderr
         runs[out] = json.loads((folder / out / "meta.json").read_text())
         assert not state.parent.parent.exists()
     whole, resumed = runs["plain"]["train"], runs["plain-killed"]["train"]
     assert whole["resumed_after_epoch"] == 0 and 1 <= resumed["resumed_after_epoch"] < 4
-    assert runs["plain-killed"]["resumed_after"] == f"epoch {resumed['resumed_after_epoch']} of the labelled-only training"
+    assert (
+        runs["plain-killed"]["resumed_after"] == f"epoch {resumed['resumed_after_epoch']} of the labelled-only training"
+    )
     for key in ("dev_f1_by_epoch", "loss_by_epoch", "best_epoch", "soup_epochs", "soup_dev_f1"):
         assert resumed[key] == whole[key]
     taggers = [Tagger.load(folder / out) for out in ("plain", "plain-killed")]

@@ -14,14 +14,54 @@ from PIL import Image, ImageDraw
 
 HERE = Path(__file__).resolve().parent
 NAMES = {
-    "PER": ["Mara Quint", "Tobin Hale", "Ines Varga", "Olu Bakare", "Dara Finch", "Kei Morrow", "Lena Sorel",
-            "Amos Ridley", "Priya Nandakumar", "Felix Orban", "Sunny Adair", "Noor Haddad"],
-    "ORG": ["Lakeview Rovers", "Brightwell Labs", "Northgate FC", "Copperline Records", "Vantor Motors",
-            "Eastbay Herald", "Solace Health", "Kestrel Airways", "Marrow & Co", "Tidewater University"],
-    "LOC": ["Port Selby", "Arden Valley", "Corvin Bay", "Eastmere", "Halden Square", "Mount Veyra", "Rill Street",
-            "Saltmarsh", "Lower Frome", "Wyncote Park"],
-    "OTHER": ["Glowfest", "Summer Cup", "Nightjar Awards", "Velvet Hours", "Harbour Run", "Kite Week", "Pixel Expo",
-              "Ember Trilogy"],
+    "PER": [
+        "Mara Quint",
+        "Tobin Hale",
+        "Ines Varga",
+        "Olu Bakare",
+        "Dara Finch",
+        "Kei Morrow",
+        "Lena Sorel",
+        "Amos Ridley",
+        "Priya Nandakumar",
+        "Felix Orban",
+        "Sunny Adair",
+        "Noor Haddad",
+    ],
+    "ORG": [
+        "Lakeview Rovers",
+        "Brightwell Labs",
+        "Northgate FC",
+        "Copperline Records",
+        "Vantor Motors",
+        "Eastbay Herald",
+        "Solace Health",
+        "Kestrel Airways",
+        "Marrow & Co",
+        "Tidewater University",
+    ],
+    "LOC": [
+        "Port Selby",
+        "Arden Valley",
+        "Corvin Bay",
+        "Eastmere",
+        "Halden Square",
+        "Mount Veyra",
+        "Rill Street",
+        "Saltmarsh",
+        "Lower Frome",
+        "Wyncote Park",
+    ],
+    "OTHER": [
+        "Glowfest",
+        "Summer Cup",
+        "Nightjar Awards",
+        "Velvet Hours",
+        "Harbour Run",
+        "Kite Week",
+        "Pixel Expo",
+        "Ember Trilogy",
+    ],
 }
 TEMPLATES = [
     "{PER} signs with {ORG} ahead of the {OTHER} in {LOC}",
@@ -55,8 +95,15 @@ def _fill(template: str, rng: random.Random) -> tuple[list[str], list[dict]]:
             tokens.append(word)
             continue
         name = picks[slot].split()
-        entities.append({"start": len(tokens), "end": len(tokens) + len(name), "text": " ".join(name),
-                         "type": slot.rstrip("2"), "boxes": []})
+        entities.append(
+            {
+                "start": len(tokens),
+                "end": len(tokens) + len(name),
+                "text": " ".join(name),
+                "type": slot.rstrip("2"),
+                "boxes": [],
+            }
+        )
         tokens.extend(name)
     return tokens, entities
 
@@ -96,8 +143,11 @@ def build(n_train: int = 96, n_dev: int = 36, seed: int = 0) -> None:
             sid = f"{split}{i:03d}"
             tokens, entities = _fill(TEMPLATES[(i * 7 + (split == "dev")) % len(TEMPLATES)], rng)
             w, h = _draw(sid, entities, rng)
-            lines.append(json.dumps({"id": sid, "tokens": tokens, "image": f"{sid}.png", "width": w, "height": h,
-                                     "entities": entities}))
+            lines.append(
+                json.dumps(
+                    {"id": sid, "tokens": tokens, "image": f"{sid}.png", "width": w, "height": h, "entities": entities}
+                )
+            )
         (HERE / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
 
 

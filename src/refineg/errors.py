@@ -12,7 +12,9 @@ class RefinegError(Exception):
 class DataError(RefinegError):
     """Bad input data, with the file and the line or sample it came from."""
 
-    def __init__(self, message: str, path: str | Path | None = None, line: int | None = None, sample: str | None = None):
+    def __init__(
+        self, message: str, path: str | Path | None = None, line: int | None = None, sample: str | None = None
+    ):
         self.path = str(path) if path is not None else None
         self.line = line
         self.sample = sample
@@ -40,8 +42,14 @@ class LLMError(RefinegError):
     """An LLM call that failed for good, with the attempt count and the last raw reply. ``refusal`` names an
     endpoint's refusal that asking again cannot help (``no_images``, ``auth``...); ``hint`` is the fix."""
 
-    def __init__(self, message: str, attempts: int = 0, last_reply: str | None = None, refusal: str | None = None,
-                 hint: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        attempts: int = 0,
+        last_reply: str | None = None,
+        refusal: str | None = None,
+        hint: str | None = None,
+    ):
         self.attempts = attempts
         self.last_reply = last_reply
         self.refusal = refusal

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -69,8 +69,9 @@ class GateCalibration:
             except ConfigError as exc:
                 raise ConfigError(f"{path}: {exc}") from None
             if model.corpus and not Path(model_dir, CORPUS).is_file():
-                raise ConfigError(f"{Path(model_dir, CORPUS)}: missing; the gate's score model ({path}) "
-                                  "uses its counts")
+                raise ConfigError(
+                    f"{Path(model_dir, CORPUS)}: missing; the gate's score model ({path}) uses its counts"
+                )
         return gate
 
 
@@ -140,11 +141,13 @@ def calibrate(preds: Sequence[Prediction], gold: Sequence[Sample], cfg: GateConf
         threshold = _f1_threshold(scores, correct, sum(len(g.entities) for g in gold))
     missing = np.asarray([p.missing_score or 0.0 for p in preds])
     # the top missing_rate of dev samples are flagged (none at all with a rate of 0)
-    missing_threshold = _above_lowest(missing, int(round((1 - cfg.missing_rate) * len(missing)))) \
-        if cfg.missing_rate else float("inf")
+    missing_threshold = (
+        _above_lowest(missing, int(round((1 - cfg.missing_rate) * len(missing)))) if cfg.missing_rate else float("inf")
+    )
     figures = gate_figures(preds, gold, threshold, missing_threshold)
-    return GateCalibration(mode=cfg.mode, budget=cfg.budget, threshold=threshold, missing_threshold=missing_threshold,
-                           **figures)
+    return GateCalibration(
+        mode=cfg.mode, budget=cfg.budget, threshold=threshold, missing_threshold=missing_threshold, **figures
+    )
 
 
 def _above_lowest(scores: np.ndarray, k: int) -> float:
@@ -156,7 +159,9 @@ def _above_lowest(scores: np.ndarray, k: int) -> float:
     return _between(float(ranked[k - 1]) if k else 0.0, float(ranked[k]))
 
 
-def gate_figures(preds: Sequence[Prediction], gold: Sequence[Sample], threshold: float, missing_threshold: float) -> dict:
+def gate_figures(
+    preds: Sequence[Prediction], gold: Sequence[Sample], threshold: float, missing_threshold: float
+) -> dict:
     """AUROC, delegation rate, share of wrong entities delegated and share of misses in flagged samples."""
     sc, ok = entity_correctness(preds, gold)
     scores, correct = np.asarray(sc), np.asarray(ok, dtype=bool)
@@ -181,21 +186,40 @@ def apply_gate(preds: Sequence[Prediction], calib: GateCalibration | None, deleg
     out = []
     for p in preds:
         if not delegate or calib is None:
-            out.append(p.with_(entities=tuple(e.with_(decision="keep") for e in p.entities), delegated=False,
-                               maybe_missing=False))
+            out.append(
+                p.with_(
+                    entities=tuple(e.with_(decision="keep") for e in p.entities), delegated=False, maybe_missing=False
+                )
+            )
             continue
-        ents = tuple(e.with_(decision="delegate" if _rounded(e.score if e.score is not None else 1.0) < calib.threshold
-                             else "keep") for e in p.entities)
+        ents = tuple(
+            e.with_(
+                decision="delegate" if _rounded(e.score if e.score is not None else 1.0) < calib.threshold else "keep"
+            )
+            for e in p.entities
+        )
         flagged = _rounded(p.missing_score or 0.0) >= calib.missing_threshold
-        out.append(p.with_(entities=ents, delegated=flagged or any(e.decision == "delegate" for e in ents),
-                           maybe_missing=flagged))
+        out.append(
+            p.with_(
+                entities=ents, delegated=flagged or any(e.decision == "delegate" for e in ents), maybe_missing=flagged
+            )
+        )
     return out
 
 
 # ---- a learned entity score: logistic regression over the tagger's single-pass signals ------------
 
-FEATURE_NAMES = ("logit_span_marginal", "logit_mean_max_prob", "logit_min_tag_marginal", "prior_agrees", "n_tokens",
-                 "seen_same_type", "seen_other_type", "after_hash_or_at", "shouting_post")
+FEATURE_NAMES = (
+    "logit_span_marginal",
+    "logit_mean_max_prob",
+    "logit_min_tag_marginal",
+    "prior_agrees",
+    "n_tokens",
+    "seen_same_type",
+    "seen_other_type",
+    "after_hash_or_at",
+    "shouting_post",
+)
 # how the tagger labelled the same text across the unlabeled posts (self-trained models only; CorpusCounts.features)
 CORPUS_FEATURES = ("log_corpus_tagged", "corpus_same_type_share", "corpus_tagged_share")
 
@@ -215,19 +239,31 @@ def entity_features(tagged: Sequence, types: Sequence[str], corpus: bool = False
         for e, s in zip(t.prediction.entities, t.scores):
             seen = s.train_types or ()
             after_tag = float(0 < (e.start or 0) <= len(tokens) and tokens[e.start - 1] in ("#", "@"))
-            rows.append([_logit(s.span_marginal), _logit(s.mean_max_prob), _logit(s.min_tag_marginal),
-                         float(bool(s.prior_agrees)), float(min(e.end - e.start, 6)),
-                         float(e.type in seen), float(bool(seen) and e.type not in seen), after_tag, shouting]
-                        + (list(_corpus_row(s, t.prediction.id)) if corpus else [])
-                        + [float(e.type == ty) for ty in types])
+            rows.append(
+                [
+                    _logit(s.span_marginal),
+                    _logit(s.mean_max_prob),
+                    _logit(s.min_tag_marginal),
+                    float(bool(s.prior_agrees)),
+                    float(min(e.end - e.start, 6)),
+                    float(e.type in seen),
+                    float(bool(seen) and e.type not in seen),
+                    after_tag,
+                    shouting,
+                ]
+                + (list(_corpus_row(s, t.prediction.id)) if corpus else [])
+                + [float(e.type == ty) for ty in types]
+            )
     width = len(FEATURE_NAMES) + len(CORPUS_FEATURES) * corpus + len(types)
     return np.asarray(rows, dtype=float).reshape(len(rows), width)
 
 
 def _corpus_row(scores, sample_id: str) -> tuple[float, float, float]:
     if scores.corpus is None:
-        raise ConfigError(f"sample {sample_id}: the gate's score model uses corpus counts ({CORPUS}) that the tagger "
-                          "does not have; train the model again with `refineg train --unlabeled`")
+        raise ConfigError(
+            f"sample {sample_id}: the gate's score model uses corpus counts ({CORPUS}) that the tagger "
+            "does not have; train the model again with `refineg train --unlabeled`"
+        )
     return scores.corpus
 
 
@@ -259,8 +295,9 @@ def cross_validated_scores(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: i
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return cross_val_predict(LogisticRegression(max_iter=1000), x, np.asarray(y, dtype=int), cv=cv,
-                             method="predict_proba")[:, 1]
+    return cross_val_predict(
+        LogisticRegression(max_iter=1000), x, np.asarray(y, dtype=int), cv=cv, method="predict_proba"
+    )[:, 1]
 
 
 @dataclass(frozen=True)
@@ -276,7 +313,9 @@ class ScoreModel:
     def fit(cls, tagged: Sequence, gold: Sequence[Sample], min_per_class: int = 5) -> ScoreModel | None:
         """Fitted on tagged dev predictions (is each entity correct under MNER?); None when dev has
         too few right or wrong entities to learn from, and the span marginal stays the score."""
-        types = tuple(sorted({e.type for g in gold for e in g.entities} | {e.type for t in tagged for e in t.prediction.entities}))
+        types = tuple(
+            sorted({e.type for g in gold for e in g.entities} | {e.type for t in tagged for e in t.prediction.entities})
+        )
         _, correct = entity_correctness([t.prediction for t in tagged], gold)
         y = np.asarray(correct, dtype=float)
         if min(y.sum(), len(y) - y.sum()) < min_per_class:
@@ -291,8 +330,10 @@ class ScoreModel:
         corpus = bool(d.get("corpus", False))
         model = cls(tuple(d["types"]), tuple(d["weights"]), float(d["bias"]), corpus)
         if list(d.get("features", [])) != model.feature_names() or len(model.weights) != len(model.feature_names()):
-            raise ConfigError("the gate's score model was fitted on other features (an older refineg?); "
-                              "train the model again with `refineg train`")
+            raise ConfigError(
+                "the gate's score model was fitted on other features (an older refineg?); "
+                "train the model again with `refineg train`"
+            )
         return model
 
     def feature_names(self) -> list[str]:
@@ -300,15 +341,22 @@ class ScoreModel:
         return list(FEATURE_NAMES) + list(CORPUS_FEATURES) * self.corpus + [f"type={t}" for t in self.types]
 
     def as_dict(self) -> dict:
-        return {"features": self.feature_names(), "types": list(self.types), "weights": list(self.weights),
-                "bias": self.bias, "corpus": self.corpus}
+        return {
+            "features": self.feature_names(),
+            "types": list(self.types),
+            "weights": list(self.weights),
+            "bias": self.bias,
+            "corpus": self.corpus,
+        }
 
     def rescore(self, tagged: Sequence) -> list[Prediction]:
         """Predictions whose entity scores come from this model."""
         x = entity_features(tagged, self.types, self.corpus)
         probs = iter(predict_logistic(x, np.asarray(self.weights), self.bias) if len(x) else [])
-        return [t.prediction.with_(entities=tuple(e.with_(score=float(next(probs))) for e in t.prediction.entities))
-                for t in tagged]
+        return [
+            t.prediction.with_(entities=tuple(e.with_(score=float(next(probs))) for e in t.prediction.entities))
+            for t in tagged
+        ]
 
 
 def fit_score_model(tagged: Sequence, gold: Sequence[Sample], cfg: GateConfig) -> ScoreModel | None:
@@ -334,8 +382,9 @@ class GatedTagger:
     @classmethod
     def load(cls, model_dir: str | Path, cfg: RunConfig, delegate: bool) -> GatedTagger:
         """The tagger and gate of a model folder, run as the config says."""
-        return cls(Tagger.load(model_dir, cfg.tagger.runtime, cfg.tagger.int8), GateCalibration.load(model_dir),
-                   delegate)
+        return cls(
+            Tagger.load(model_dir, cfg.tagger.runtime, cfg.tagger.int8), GateCalibration.load(model_dir), delegate
+        )
 
     def __call__(self, samples: Sequence[Sample], mc_samples: int = 0, progress: bool = False) -> list[Prediction]:
         """Scored and gated predictions, one per sample; ``mc_samples`` adds the slower MC-dropout scores under
@@ -346,8 +395,10 @@ class GatedTagger:
             self.seconds += time.perf_counter() - t0
         preds = self.gate.rescore(tagged)
         if mc_samples:
-            preds = [p.with_(meta={**p.meta, "mc_dropout_scores": [round(s.mc_dropout, 6) for s in t.scores]})
-                     for p, t in zip(preds, tagged)]
+            preds = [
+                p.with_(meta={**p.meta, "mc_dropout_scores": [round(s.mc_dropout, 6) for s in t.scores]})
+                for p, t in zip(preds, tagged)
+            ]
         return apply_gate(preds, self.gate, self.delegate)
 
 

@@ -19,9 +19,10 @@ import logging
 import queue
 import threading
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from .config import RunConfig, load_config
 from .data.images import SentImage, find_image, open_image, safe_name
@@ -42,9 +43,11 @@ from .types import Prediction, Sample
 log = logging.getLogger(__name__)
 
 RETRY = "retry"  # the status of a row whose MLLM work did not happen; a rerun re-does it
-NO_LLM_NOTE = ("no LLM configured: refinement and grounding were skipped; the gate kept every entity and every "
-               "entity has an empty box list; rows with entities are marked for a retry, which a rerun with an "
-               "LLM does")
+NO_LLM_NOTE = (
+    "no LLM configured: refinement and grounding were skipped; the gate kept every entity and every "
+    "entity has an empty box list; rows with entities are marked for a retry, which a rerun with an "
+    "LLM does"
+)
 
 
 class Counts(Counter):
@@ -87,8 +90,13 @@ class Pipeline:
     use from several threads: the service does.
     """
 
-    def __init__(self, model_dir: str | Path | None, cfg: RunConfig | None = None, demos: DemoIndex | None = None,
-                 tagger: bool = True):
+    def __init__(
+        self,
+        model_dir: str | Path | None,
+        cfg: RunConfig | None = None,
+        demos: DemoIndex | None = None,
+        tagger: bool = True,
+    ):
         self.cfg = cfg if cfg is not None else load_config()
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.typeset = load_typeset(self.cfg.llm.types)
@@ -134,8 +142,13 @@ class Pipeline:
             index = self._demo_index or DemoIndex.build(self.cfg)
             self.notes.extend(index.notes)
             demos = Demos(index, client.image)
-        return _LLMParts(client, Refiner(self.typeset, self.types), Grounder(self.typeset, family),
-                         RefineAndGround(self.typeset, self.types, family), demos)
+        return _LLMParts(
+            client,
+            Refiner(self.typeset, self.types),
+            Grounder(self.typeset, family),
+            RefineAndGround(self.typeset, self.types, family),
+            demos,
+        )
 
     def warm(self) -> None:
         """Load what the first call would (the LLM client and its connections, the demo index, the tagger's
@@ -151,8 +164,10 @@ class Pipeline:
             return self.tagging(samples, mc_samples, progress)
         if self.refines:
             raise RuntimeError("this pipeline was opened without its tagger (tagger=False): give it tagged predictions")
-        return [Prediction(s.id, tuple(e.with_(boxes=(), decision="keep") for e in s.entities), s.tokens, s.image)
-                for s in samples]
+        return [
+            Prediction(s.id, tuple(e.with_(boxes=(), decision="keep") for e in s.entities), s.tokens, s.image)
+            for s in samples
+        ]
 
     # ---- one post through the MLLM stages -----------------------------------------------------------
 
@@ -176,8 +191,10 @@ class Pipeline:
             elif not delegated and self._ungroundable(post.prediction):
                 self.counts.update({"grounding_skipped_groundability": 1})
                 p = post.prediction
-                post = replace(post, prediction=p.with_(meta={**p.meta, "grounding": "decided locally: no entity "
-                                                                                     "likely in the image"}))
+                post = replace(
+                    post,
+                    prediction=p.with_(meta={**p.meta, "grounding": "decided locally: no entity likely in the image"}),
+                )
             else:
                 post = await self._ask(parts.grounder, await self._with_demos(post), failed)
         return self.mark(post.prediction, *sorted(failed)) if failed else post.prediction
@@ -203,8 +220,11 @@ class Pipeline:
     def _refused(self, stage: str, refusal: str, hint: str | None) -> None:
         """Count a refusal by the endpoint, and say once what fixes it (asking again cannot)."""
         self.counts.update({f"llm_refused_{refusal}": 1})
-        note = (f"the endpoint refused {stage} requests ({refusal})" + (f": {hint}" if hint else "")
-                + "; a rerun redoes the marked rows once that is fixed")
+        note = (
+            f"the endpoint refused {stage} requests ({refusal})"
+            + (f": {hint}" if hint else "")
+            + "; a rerun redoes the marked rows once that is fixed"
+        )
         with self._lock:
             if note not in self.notes:
                 self.notes.append(note)
@@ -213,14 +233,18 @@ class Pipeline:
         demos = self.llm.demos
         if demos is None:
             return post
-        picked = await asyncio.to_thread(demos.for_post, post.sample, post.prediction.entities,
-                                         self._image_source(post.sample))
+        picked = await asyncio.to_thread(
+            demos.for_post, post.sample, post.prediction.entities, self._image_source(post.sample)
+        )
         return replace(post, demos=picked)
 
     def _ungroundable(self, pred: Prediction) -> bool:
         g = self.groundability
-        return g is not None and self.cfg.ground.skip_ungroundable and not g.needs_grounding(pred.tokens or (),
-                                                                                           pred.entities)
+        return (
+            g is not None
+            and self.cfg.ground.skip_ungroundable
+            and not g.needs_grounding(pred.tokens or (), pred.entities)
+        )
 
     def mark(self, pred: Prediction, *reasons: str) -> Prediction:
         """The prediction marked for a retry (a rerun of the same command re-does it), counted."""
@@ -252,8 +276,11 @@ class Pipeline:
         if not safe_name(sample.image):
             self.counts.update({"image_name_refused": 1})
             if strict:
-                raise DataError(f"image name {sample.image!r} refused: names must stay inside the image folders "
-                                "(no absolute path, no '..')", sample=sample.id)
+                raise DataError(
+                    f"image name {sample.image!r} refused: names must stay inside the image folders "
+                    "(no absolute path, no '..')",
+                    sample=sample.id,
+                )
             return None
         path = find_image(sample.image, self.cfg.run.images)
         if path is None and strict:
@@ -276,7 +303,9 @@ class Pipeline:
 
         return list(parts.client.submit(all_posts()).result())
 
-    def stream(self, samples: Iterable[Sample], ordered: bool = False, tag_batch: int | None = None) -> Iterator[Finished]:
+    def stream(
+        self, samples: Iterable[Sample], ordered: bool = False, tag_batch: int | None = None
+    ) -> Iterator[Finished]:
         """Every post through the pipeline, as it finishes (in input order with ``ordered``). Posts are tagged in
         batches (``[run] tag_batch``) on a thread of their own while earlier posts wait on the MLLM; at most
         ``[run] window`` posts are under way at once, so memory is bounded by the window, not by the input."""
@@ -289,8 +318,9 @@ class Pipeline:
 
     # ---- the Python API ----------------------------------------------------------------------------
 
-    def __call__(self, text: str | None = None, *, tokens: Sequence[str] | None = None, image=None,
-                 id: str | None = None) -> Prediction:
+    def __call__(
+        self, text: str | None = None, *, tokens: Sequence[str] | None = None, image=None, id: str | None = None
+    ) -> Prediction:
         """The prediction for one post (raw text is tokenised the Twitter-GMNER way)."""
         sample = self.sample(text, tokens=tokens, image=image, id=id)
         try:
@@ -301,14 +331,16 @@ class Pipeline:
     def pipe(self, items: Iterable, batch_size: int | None = None) -> Iterator[Prediction]:
         """Predictions for items (str, dict with text/tokens/image/id, or Sample), in input order; tagging of
         later items overlaps the MLLM calls of earlier ones. ``batch_size`` sets how many are tagged together."""
-        samples = (self.sample(**i) if isinstance(i, dict) else i if isinstance(i, Sample) else self.sample(i)
-                   for i in items)
+        samples = (
+            self.sample(**i) if isinstance(i, dict) else i if isinstance(i, Sample) else self.sample(i) for i in items
+        )
         for done in self.stream(samples, ordered=True, tag_batch=batch_size):
             self.forget_image(done.sample)
             yield done.prediction
 
-    def sample(self, text: str | None = None, *, tokens: Sequence[str] | None = None, image=None,
-               id: str | None = None) -> Sample:
+    def sample(
+        self, text: str | None = None, *, tokens: Sequence[str] | None = None, image=None, id: str | None = None
+    ) -> Sample:
         """A Sample from raw text or tokens and an optional image (a path, a PIL image or encoded bytes); a
         DataError says what is wrong with the input."""
         if (text is None) == (tokens is None):
@@ -336,8 +368,12 @@ class Pipeline:
     def report(self) -> dict:
         """What this pipeline did so far: counts, LLM usage (raw counters), notes and seconds spent tagging."""
         llm = self._llm
-        return {"counts": dict(self.counts), "usage": llm.client.usage.state() if llm else None,
-                "notes": list(self.notes), "tag_seconds": self.tagging.seconds if self.tagging else 0.0}
+        return {
+            "counts": dict(self.counts),
+            "usage": llm.client.usage.state() if llm else None,
+            "notes": list(self.notes),
+            "tag_seconds": self.tagging.seconds if self.tagging else 0.0,
+        }
 
     def close(self) -> None:
         """Stop the LLM client (and an embedded server)."""
@@ -464,10 +500,12 @@ def check_images(samples: Iterable[Sample], cfg: RunConfig) -> int:
                 example = example or s
     run = cfg.run
     if named and missing > run.missing_images_limit * named and not run.allow_missing_images:
-        raise DataError(f"{missing} of {named} samples name an image that is in none of "
-                        f"{', '.join(map(str, run.images)) or 'the image folders'} (e.g. {example.image!r} of "
-                        f"sample {example.id}); give the image folders with --images (repeatable), or "
-                        "--allow-missing-images to ground only the samples whose image is there")
+        raise DataError(
+            f"{missing} of {named} samples name an image that is in none of "
+            f"{', '.join(map(str, run.images)) or 'the image folders'} (e.g. {example.image!r} of "
+            f"sample {example.id}); give the image folders with --images (repeatable), or "
+            "--allow-missing-images to ground only the samples whose image is there"
+        )
     return seen
 
 
@@ -492,21 +530,38 @@ def _checked_image(image, sid: str):
         return bytes(image)
     if isinstance(image, Image.Image):
         return image
-    raise DataError(f"image must be a file path, a PIL image or the bytes of an image, not {type(image).__name__}",
-                    sample=sid)
+    raise DataError(
+        f"image must be a file path, a PIL image or the bytes of an image, not {type(image).__name__}", sample=sid
+    )
 
 
-def load(model_dir: str | Path, llm: dict | None = None, demos: str | Path | None = None,
-         demo_ids: Sequence[str] | None = None, images: Sequence[str | Path] = (), config: str | Path | None = None,
-         settings: dict[str, dict] | None = None, **run) -> Pipeline:
+def load(
+    model_dir: str | Path,
+    llm: dict | None = None,
+    demos: str | Path | None = None,
+    demo_ids: Sequence[str] | None = None,
+    images: Sequence[str | Path] = (),
+    config: str | Path | None = None,
+    settings: dict[str, dict] | None = None,
+    **run,
+) -> Pipeline:
     """A Pipeline for MODEL_DIR. ``llm`` holds LLM settings (base_url, model, box_format, ...), ``demos`` the
     labelled pool of grounding demonstrations, ``images`` the image folders, ``settings`` other config sections
     ({"ground": {...}}), ``run`` other [run] settings (clip, strict, window, ...) and ``config`` a TOML file.
     Without an LLM it is text-only GMNER (tagger and gate)."""
-    run = {**run, "images": [Path(p) for p in images] or None, "demos": demos,
-           "demo_ids": list(demo_ids) if demo_ids else None}
+    run = {
+        **run,
+        "images": [Path(p) for p in images] or None,
+        "demos": demos,
+        "demo_ids": list(demo_ids) if demo_ids else None,
+    }
     settings = dict(settings or {})
-    cfg = load_config(Path(config) if config else None,
-                      {**settings, "llm": {**settings.get("llm", {}), **(llm or {})},
-                       "run": {"progress": False, **settings.get("run", {}), **run}})
+    cfg = load_config(
+        Path(config) if config else None,
+        {
+            **settings,
+            "llm": {**settings.get("llm", {}), **(llm or {})},
+            "run": {"progress": False, **settings.get("run", {}), **run},
+        },
+    )
     return Pipeline(model_dir, cfg)

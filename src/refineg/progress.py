@@ -8,7 +8,9 @@ import sys
 from tqdm import tqdm as _tqdm
 
 LOG_SECONDS = 10.0
-PLAIN = "{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%), {elapsed} elapsed, about {remaining} left, {rate_fmt}{postfix}"
+PLAIN = (
+    "{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%), {elapsed} elapsed, about {remaining} left, {rate_fmt}{postfix}"
+)
 PLAIN_NO_TOTAL = "{desc}: {n_fmt}, {elapsed} elapsed, {rate_fmt}{postfix}"
 
 
@@ -26,8 +28,13 @@ class tqdm(_tqdm):  # noqa: N801 - a drop-in for tqdm's own name
         self._plain = not _is_terminal(kw.get("file") or sys.stderr)
         if self._plain:
             total = kw.get("total", len(args[0]) if args and hasattr(args[0], "__len__") else None)
-            kw.update(mininterval=LOG_SECONDS, maxinterval=LOG_SECONDS * 6, leave=False, dynamic_ncols=False,
-                      bar_format=PLAIN if total else PLAIN_NO_TOTAL)
+            kw.update(
+                mininterval=LOG_SECONDS,
+                maxinterval=LOG_SECONDS * 6,
+                leave=False,
+                dynamic_ncols=False,
+                bar_format=PLAIN if total else PLAIN_NO_TOTAL,
+            )
         super().__init__(*args, **kw)
 
     def display(self, msg=None, pos=None):

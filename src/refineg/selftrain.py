@@ -17,9 +17,9 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .config import RunConfig, SelfTrainConfig
 from .eval.metrics import normalise
@@ -52,8 +52,11 @@ def fresh_posts(unlabeled: Sequence[Sample], train: Sequence[Sample], dev: Seque
             seen_texts.add(key)
             out.append(s)
     if same_id_other_text:  # an id is taken to name the same post; files numbered alike would lose posts here
-        log.warning("%d unlabeled post(s) left out: they have the id of a labelled or dev post but another text "
-                    "(give them other ids to use them)", same_id_other_text)
+        log.warning(
+            "%d unlabeled post(s) left out: they have the id of a labelled or dev post but another text "
+            "(give them other ids to use them)",
+            same_id_other_text,
+        )
     return out
 
 
@@ -62,9 +65,14 @@ def _key(sample: Sample) -> str:
     return normalise(sample.text).lower()
 
 
-def pseudo_labelled(posts: Sequence[Sample], preds: Sequence[Prediction], cfg: SelfTrainConfig,
-                    missing_threshold: float, seed: int, entity_prob: Sequence[Sequence[float]] | None = None
-                    ) -> tuple[list[tuple[Sample, frozenset[int]]], Counter]:
+def pseudo_labelled(
+    posts: Sequence[Sample],
+    preds: Sequence[Prediction],
+    cfg: SelfTrainConfig,
+    missing_threshold: float,
+    seed: int,
+    entity_prob: Sequence[Sequence[float]] | None = None,
+) -> tuple[list[tuple[Sample, frozenset[int]]], Counter]:
     """The posts whose predicted labels the score model trusts, as training samples each with the word positions
     whose tag stays unknown (none for a wholly trusted post), and why others were not used.
 
@@ -83,12 +91,17 @@ def pseudo_labelled(posts: Sequence[Sample], preds: Sequence[Prediction], cfg: S
     rng = random.Random(seed)
     rng.shuffle(empty)  # posts without entities teach precision; a share of them, not all
     with_entities = whole + partly
-    kept = with_entities + empty[:int(cfg.empty_share / (1 - cfg.empty_share) * len(with_entities))]
+    kept = with_entities + empty[: int(cfg.empty_share / (1 - cfg.empty_share) * len(with_entities))]
     if len(kept) > cfg.max_sentences:
         kept = rng.sample(kept, cfg.max_sentences)
-    counts.update(trusted_with_entities=len(whole), partly_trusted=len(partly), trusted_without=len(empty),
-                  used=len(kept), entities_used=sum(len(s.entities) for s, _ in kept),
-                  unknown_words=sum(len(u) for _, u in kept))
+    counts.update(
+        trusted_with_entities=len(whole),
+        partly_trusted=len(partly),
+        trusted_without=len(empty),
+        used=len(kept),
+        entities_used=sum(len(s.entities) for s, _ in kept),
+        unknown_words=sum(len(u) for _, u in kept),
+    )
     return kept, counts
 
 
@@ -96,7 +109,9 @@ def _labelled(sample: Sample, entities: Sequence) -> Sample:
     return sample.with_(entities=tuple(e.with_(score=None, decision=None, source="pseudo", boxes=()) for e in entities))
 
 
-def _unknown_words(pred: Prediction, trusted: Sequence, entity_prob: Sequence[float], threshold: float) -> frozenset[int]:
+def _unknown_words(
+    pred: Prediction, trusted: Sequence, entity_prob: Sequence[float], threshold: float
+) -> frozenset[int]:
     """Words of the untrusted entities, and words outside the trusted ones that may be part of an entity."""
     known = {i for e in trusted for i in range(e.start, e.end)}
     doubtful = {i for e in pred.entities if e not in trusted for i in range(e.start, e.end)}
@@ -110,10 +125,18 @@ def _score_model(tagger: Tagger, dev: Sequence[Sample], cfg: RunConfig):
     return model, rescored(tagged, model)
 
 
-def self_train(tagger: Tagger, dev_f1: float, train: Sequence[Sample], dev: Sequence[Sample],
-               unlabeled: Sequence[Sample], cfg: RunConfig, progress: bool = True, done: Sequence[dict] = (),
-               on_round: Callable[[Tagger, list[dict], float, bool], None] | None = None,
-               state_dirs: Callable[[int], Path] | None = None) -> SelfTrained:
+def self_train(
+    tagger: Tagger,
+    dev_f1: float,
+    train: Sequence[Sample],
+    dev: Sequence[Sample],
+    unlabeled: Sequence[Sample],
+    cfg: RunConfig,
+    progress: bool = True,
+    done: Sequence[dict] = (),
+    on_round: Callable[[Tagger, list[dict], float, bool], None] | None = None,
+    state_dirs: Callable[[int], Path] | None = None,
+) -> SelfTrained:
     """Rounds of pseudo-labelling and student training, kept while dev MNER F1 rises.
 
     ``done`` are rounds an earlier, interrupted run finished (``tagger`` is where they left it); ``on_round`` is
@@ -128,23 +151,44 @@ def self_train(tagger: Tagger, dev_f1: float, train: Sequence[Sample], dev: Sequ
         missing = calibrate(dev_preds, dev, cfg.gate).missing_threshold
         tagged = tagger.predict_detailed(posts, progress=progress)
         preds = rescored(tagged, score_model)
-        pseudo, counts = pseudo_labelled(posts, preds, st, missing, cfg.tagger.seed + r,
-                                         [t.entity_prob for t in tagged])
+        pseudo, counts = pseudo_labelled(
+            posts, preds, st, missing, cfg.tagger.seed + r, [t.entity_prob for t in tagged]
+        )
         student, after, resumed = tagger, dev_f1, 0  # with no trusted entity there is nothing to learn from
         if counts["entities_used"]:
             student_cfg = cfg.tagger.model_copy(update={"epochs": st.epochs, "seed": cfg.tagger.seed + r})
-            student, report = train_tagger(list(train) + [p for p, _ in pseudo], dev, student_cfg, progress,
-                                           weights=[1.0] * len(train) + [st.weight] * len(pseudo), init=tagger,
-                                           unknown=[frozenset()] * len(train) + [u for _, u in pseudo],
-                                           state_dir=state_dirs(r) if state_dirs else None)
+            student, report = train_tagger(
+                list(train) + [p for p, _ in pseudo],
+                dev,
+                student_cfg,
+                progress,
+                weights=[1.0] * len(train) + [st.weight] * len(pseudo),
+                init=tagger,
+                unknown=[frozenset()] * len(train) + [u for _, u in pseudo],
+                state_dir=state_dirs(r) if state_dirs else None,
+            )
             after, resumed = report.soup_dev_f1, report.resumed_after_epoch
-            log.info("self-training round %d: %d pseudo-labelled posts, dev MNER F1 %.4f -> %.4f (%s)", r,
-                     len(pseudo), dev_f1, after, "kept" if after > dev_f1 else "dropped")
+            log.info(
+                "self-training round %d: %d pseudo-labelled posts, dev MNER F1 %.4f -> %.4f (%s)",
+                r,
+                len(pseudo),
+                dev_f1,
+                after,
+                "kept" if after > dev_f1 else "dropped",
+            )
         better = after > dev_f1
-        rounds.append({"round": r, "unlabeled_posts": len(posts), "pseudo": dict(counts),
-                       "dev_f1_before": round(dev_f1, 4), "dev_f1_after": round(after, 4), "kept": better,
-                       "seconds": round(time.perf_counter() - t0, 1)}
-                      | ({"resumed_after_epoch": resumed} if resumed else {}))
+        rounds.append(
+            {
+                "round": r,
+                "unlabeled_posts": len(posts),
+                "pseudo": dict(counts),
+                "dev_f1_before": round(dev_f1, 4),
+                "dev_f1_after": round(after, 4),
+                "kept": better,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            | ({"resumed_after_epoch": resumed} if resumed else {})
+        )
         finished = not better or r == st.rounds
         if better:
             tagger, dev_f1 = student, after

@@ -16,9 +16,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from .config import RunConfig
 from .errors import ConfigError
@@ -53,8 +53,11 @@ def training_key(train: Sequence[Sample], dev: Sequence[Sample], unlabeled: Sequ
     from . import __version__
 
     h = hashlib.sha256(__version__.encode())
-    h.update(cfg.model_dump_json(include={"tagger", "gate", "selftrain"},
-                                 exclude={"tagger": {"checkpoint_seconds"}}).encode())
+    h.update(
+        cfg.model_dump_json(
+            include={"tagger", "gate", "selftrain"}, exclude={"tagger": {"checkpoint_seconds"}}
+        ).encode()
+    )
     for name, samples in (("train", train), ("dev", dev), ("unlabeled", unlabeled)):
         h.update(f"\x00{name}\x00".encode())
         for s in samples:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 Source = Literal["gold", "tagger", "mllm", "synthetic", "pseudo"]
 Decision = Literal["keep", "delegate"]

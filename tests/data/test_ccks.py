@@ -20,7 +20,7 @@ def test_names_map_to_token_spans_with_all_their_boxes():
     assert ds.format == "ccks"
     s = {x.id: x for x in ds.samples}
     tornado = next(e for e in s["101"].entities if e.text == "Tornado")
-    assert s["101"].tokens[tornado.start:tornado.end] == ("Tornado",) and len(tornado.boxes) == 2
+    assert s["101"].tokens[tornado.start : tornado.end] == ("Tornado",) and len(tornado.boxes) == 2
     assert [e.text for e in s["101"].entities] == ["Tornado", "NH-90", "Kiel"]
     # longest name first: "Leopard 2A7" must not be tagged inside "Leopard 2A7V"
     assert [(e.text, e.end - e.start) for e in s["102"].entities] == [("Leopard 2A7", 2), ("Leopard 2A7V", 2)]

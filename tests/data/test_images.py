@@ -1,10 +1,9 @@
+import pytest
 from PIL import Image
 
 from refineg.data.images import open_image, prepare_image, sent_size
 from refineg.errors import DataError
 from refineg.types import Box
-
-import pytest
 
 from ..conftest import SAMPLE_IMAGE
 

@@ -12,12 +12,20 @@ def _e(text, etype, start, end, *boxes, source="gold"):
 
 
 GOLD = [
-    Sample("a", ("Bob", "met", "Ann", "in", "Paris"), (_e("Bob", "PER", 0, 1, B1), _e("Ann", "PER", 2, 3, B2, B3),
-                                                         _e("Paris", "LOC", 4, 5)), image="a.jpg"),
+    Sample(
+        "a",
+        ("Bob", "met", "Ann", "in", "Paris"),
+        (_e("Bob", "PER", 0, 1, B1), _e("Ann", "PER", 2, 3, B2, B3), _e("Paris", "LOC", 4, 5)),
+        image="a.jpg",
+    ),
     Sample("b", ("Obama", "Biden", "speak"), (_e("Obama", "PER", 0, 1), _e("Biden", "PER", 1, 2, B4)), image="b.jpg"),
     Sample("c", ("nothing", "named", "here"), (), image="c.jpg"),
-    Sample("d", ("Red", "Sox", "win", "#", "WorldSeries"), (_e("Red Sox", "ORG", 0, 2), _e("WorldSeries", "OTHER", 4, 5)),
-           image="d.jpg"),
+    Sample(
+        "d",
+        ("Red", "Sox", "win", "#", "WorldSeries"),
+        (_e("Red Sox", "ORG", 0, 2), _e("WorldSeries", "OTHER", 4, 5)),
+        image="d.jpg",
+    ),
 ]
 
 
@@ -39,10 +47,11 @@ CASES = {
     "wrong boxes": _preds(lambda sid, e: e.with_(boxes=(WRONG,)) if e.boxes else e),
     "one of several boxes": _preds(lambda sid, e: e.with_(boxes=e.boxes[:1])),
     "no boxes at all": _preds(lambda sid, e: e.with_(boxes=())),
-    "empty lists": [p if p.id not in ("b", "d") else p.with_(entities=()) for p in _preds(lambda sid, e: e)]
-                   + [],
-    "spurious in an empty post": [p.with_(entities=(_e("named", "ORG", 1, 2, source="tagger"),)) if p.id == "c" else p
-                                  for p in _preds(lambda sid, e: e)],
+    "empty lists": [p if p.id not in ("b", "d") else p.with_(entities=()) for p in _preds(lambda sid, e: e)] + [],
+    "spurious in an empty post": [
+        p.with_(entities=(_e("named", "ORG", 1, 2, source="tagger"),)) if p.id == "c" else p
+        for p in _preds(lambda sid, e: e)
+    ],
     "a box at IoU 0.5": _preds(lambda sid, e: e.with_(boxes=(HALF,)) if e.text == "Bob" else e),
     "wrong types": _preds(lambda sid, e: e.with_(type="ORG" if e.type == "PER" else "PER")),
     "missed entities": _preds(lambda sid, e: None if e.text in ("Ann", "Red Sox") else e),

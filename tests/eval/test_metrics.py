@@ -41,10 +41,15 @@ def test_every_predicted_box_must_hit_a_gold_box():
 
 def test_span_type_and_region_all_count():
     gold = [_gold(Entity("w0 w1", "PER", 0, 2, (G,)), Entity("w3", "LOC", 3, 4))]
-    pred = [Prediction("s", (
-        Entity("w0 w1", "PER", 0, 2, (Box(0, 0, 10, 9),)),  # right: IoU 0.9
-        Entity("w3", "ORG", 3, 4),  # wrong type
-    ))]
+    pred = [
+        Prediction(
+            "s",
+            (
+                Entity("w0 w1", "PER", 0, 2, (Box(0, 0, 10, 9),)),  # right: IoU 0.9
+                Entity("w3", "ORG", 3, 4),  # wrong type
+            ),
+        )
+    ]
     s = score(gold, pred)
     assert _f(s, "gmner") == (1, 2, 2)
     assert _f(s, "mner") == (1, 2, 2)

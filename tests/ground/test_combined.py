@@ -12,10 +12,14 @@ from refineg.types import Box, Entity, Prediction, Sample
 
 TYPES = ("LOC", "ORG", "OTHER", "PER")
 SAMPLE = Sample("s1", tuple("Ted Cruz met the Red Sox in Boston today".split()))
-PRED = Prediction("s1", (
-    Entity("Ted Cruz", "PER", 0, 2, score=0.98, source="tagger", decision="keep"),
-    Entity("Red", "ORG", 4, 5, score=0.31, source="tagger", decision="delegate"),
-), delegated=True)
+PRED = Prediction(
+    "s1",
+    (
+        Entity("Ted Cruz", "PER", 0, 2, score=0.98, source="tagger", decision="keep"),
+        Entity("Red", "ORG", 4, 5, score=0.31, source="tagger", decision="delegate"),
+    ),
+    delegated=True,
+)
 IMAGE = prepare_image(Image.new("RGB", (2000, 1000)), 1000)  # sent at 1000x500
 
 
@@ -30,20 +34,29 @@ def test_request_lists_kept_and_uncertain_entities_and_bounds_the_answer():
 
 
 def test_one_answer_fixes_the_uncertain_entity_keeps_the_confident_one_and_boxes_both():
-    reply = "Thinking...\n" + json.dumps({"reasoning": "Red Sox is the team.", "entities": [
-        {"text": "Ted Cruz", "type": "PER", "boxes": [[100, 50, 300, 250]]},
-        {"text": "Red Sox", "type": "ORG", "boxes": [[500, 100, 900, 400], [1, 1, 1, 9]]},
-        {"text": "Fenway Park", "type": "LOC", "boxes": []},  # not in the post
-        {"text": "today", "type": "OTHER", "boxes": []},  # an addition nobody asked for
-    ]})
+    reply = "Thinking...\n" + json.dumps(
+        {
+            "reasoning": "Red Sox is the team.",
+            "entities": [
+                {"text": "Ted Cruz", "type": "PER", "boxes": [[100, 50, 300, 250]]},
+                {"text": "Red Sox", "type": "ORG", "boxes": [[500, 100, 900, 400], [1, 1, 1, 9]]},
+                {"text": "Fenway Park", "type": "LOC", "boxes": []},  # not in the post
+                {"text": "today", "type": "OTHER", "boxes": []},  # an addition nobody asked for
+            ],
+        }
+    )
     answer = combined.parse(reply)
     done = combined.apply(SAMPLE, PRED, answer, IMAGE, TYPES)
     got = [(e.text, e.type, e.source, e.boxes) for e in done.prediction.entities]
-    assert got == [("Ted Cruz", "PER", "tagger", (Box(200, 100, 600, 500),)),
-                   ("Red Sox", "ORG", "mllm", (Box(1000, 200, 1800, 800),))]
+    assert got == [
+        ("Ted Cruz", "PER", "tagger", (Box(200, 100, 600, 500),)),
+        ("Red Sox", "ORG", "mllm", (Box(1000, 200, 1800, 800),)),
+    ]
     assert done.prediction.entities[0].score == 0.98  # the confident entity is the tagger's, untouched
     c = done.counts
-    assert c["kept_echoed"] == 1 and c["refine_rejected_not_in_text"] == 1 and c["refine_rejected_addition_not_asked"] == 1
+    assert (
+        c["kept_echoed"] == 1 and c["refine_rejected_not_in_text"] == 1 and c["refine_rejected_addition_not_asked"] == 1
+    )
     assert c["box_dropped_degenerate"] == 1
 
 

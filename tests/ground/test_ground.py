@@ -27,8 +27,12 @@ def _bow(texts):
 
 def _s(sid, text, ents=()):
     toks = tuple(text.split())
-    return Sample(sid, toks, tuple(Entity(n, t, toks.index(n.split()[0]), toks.index(n.split()[0]) + len(n.split()))
-                                   for n, t in ents), image=f"{sid}.jpg")
+    return Sample(
+        sid,
+        toks,
+        tuple(Entity(n, t, toks.index(n.split()[0]), toks.index(n.split()[0]) + len(n.split())) for n, t in ents),
+        image=f"{sid}.jpg",
+    )
 
 
 POOL = [
@@ -46,10 +50,14 @@ def test_selection_never_returns_the_query_and_honours_the_weights():
     assert 0 not in picked and len(picked) == 3 and picked[0] == 1
     # text only: "game" pulls b ahead of c; entity only with a big type bonus: PER/LOC matches win
     text_only = DemoSelector.build(POOL, _bow, weights=(1.0, 0.0, 0.0), k=3).select(query, query.entities, _bow)
-    ent_only = DemoSelector.build(POOL, _bow, weights=(0.0, 0.0, 1.0), type_bonus=5.0, k=3).select(query, query.entities, _bow)
+    ent_only = DemoSelector.build(POOL, _bow, weights=(0.0, 0.0, 1.0), type_bonus=5.0, k=3).select(
+        query, query.entities, _bow
+    )
     assert text_only.index(2) < text_only.index(3)
     assert ent_only == [1, 2, 3]
-    assert DemoSelector.build(POOL, _bow, weights=(0.0, 0.0, 1.0), type_bonus=0.0, k=1).select(POOL[3], POOL[3].entities, _bow) != [3]
+    assert DemoSelector.build(POOL, _bow, weights=(0.0, 0.0, 1.0), type_bonus=0.0, k=1).select(
+        POOL[3], POOL[3].entities, _bow
+    ) != [3]
 
 
 def test_request_carries_k_demo_images_with_boxes_in_sent_pixels():
@@ -71,8 +79,13 @@ def test_request_carries_k_demo_images_with_boxes_in_sent_pixels():
 def test_a_2000x1000_query_is_sent_at_1000x500_and_its_box_comes_back_x2(tmp_path):
     big = Image.new("RGB", (2000, 1000), (120, 10, 10))
     pred = Prediction("q", (Entity("Bob", "PER", 0, 1), Entity("Paris", "LOC", 2, 3)))
-    answer = {"entities": [{"text": "Bob", "type": "PER", "boxes": [[100, 50, 300, 250], [900, 10, 1050, 600], [5, 5, 5, 9]]},
-                           {"text": "Paris", "type": "LOC", "boxes": []}, {"text": "Eve", "type": "PER", "boxes": [[1, 1, 2, 2]]}]}
+    answer = {
+        "entities": [
+            {"text": "Bob", "type": "PER", "boxes": [[100, 50, 300, 250], [900, 10, 1050, 600], [5, 5, 5, 9]]},
+            {"text": "Paris", "type": "LOC", "boxes": []},
+            {"text": "Eve", "type": "PER", "boxes": [[1, 1, 2, 2]]},
+        ]
+    }
     with FakeOpenAIServer([Reply(json.dumps(answer))]) as srv:
         with LLMClient(LLMConfig(base_url=srv.base_url, model="m", cache_dir=tmp_path)) as client:
             sent = client.image(big)
@@ -98,8 +111,14 @@ def test_reversed_and_absurd_boxes_are_rejected_and_counted_not_repaired():
 
     sent = prepare_image(Image.new("RGB", (600, 400)), 1000)
     pred = Prediction("q", (Entity("Bob", "PER", 0, 1),), ("Bob",))
-    reading = Reading([RawBox("Bob", (300, 300, 10, 10)), RawBox("Bob", (0, 0, 1e308, 1e308)),
-                       RawBox("Bob", (500, 300, 620, 420)), RawBox("Bob", (10, 20, 110, 220))])
+    reading = Reading(
+        [
+            RawBox("Bob", (300, 300, 10, 10)),
+            RawBox("Bob", (0, 0, 1e308, 1e308)),
+            RawBox("Bob", (500, 300, 620, 420)),
+            RawBox("Bob", (10, 20, 110, 220)),
+        ]
+    )
     done = apply_boxes(pred, reading, sent)
     assert done.prediction.entities[0].boxes == (Box(500, 300, 600, 400), Box(10, 20, 110, 220))
     assert done.counts["box_rejected_reversed"] == 1 and done.counts["box_rejected_outside"] == 1

@@ -1,4 +1,5 @@
-"""The groundability model on real Twitter-GMNER data: it ranks boxed entities above the others and keeps its recall target."""
+"""The groundability model on real Twitter-GMNER data: it ranks boxed entities above the others and keeps its
+recall target."""
 
 import json
 

@@ -22,8 +22,15 @@ def parse(text: str) -> Answer:
 
 
 def _cfg(srv, tmp_path, **kw) -> LLMConfig:
-    base = dict(base_url=srv.base_url, model="replay", cache_dir=tmp_path / "cache", backoff_base=0.01,
-                backoff_max=0.05, timeout=2.0, max_retries=3)
+    base = dict(
+        base_url=srv.base_url,
+        model="replay",
+        cache_dir=tmp_path / "cache",
+        backoff_base=0.01,
+        backoff_max=0.05,
+        timeout=2.0,
+        max_retries=3,
+    )
     base.update(kw)
     return LLMConfig(**base)
 
@@ -230,9 +237,24 @@ def test_two_endpoints_serving_one_model_name_never_share_replies(tmp_path):
 
 
 def test_content_given_as_parts_is_read_as_text(tmp_path):
-    body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
-        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": [
-            {"type": "text", "text": '{"answer": '}, {"type": "text", "text": '"parts"}'}]}}]})
+    body = json.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {
+                        "role": "assistant",
+                        "content": [{"type": "text", "text": '{"answer": '}, {"type": "text", "text": '"parts"}'}],
+                    },
+                }
+            ],
+        }
+    )
     with FakeOpenAIServer([Reply(raw_body=body)]) as srv:
         with LLMClient(_cfg(srv, tmp_path)) as client:
             assert client.ask(_req(), parse).value == Answer(answer="parts")
@@ -250,18 +272,23 @@ def test_replicas_share_the_load_each_within_its_own_limit(tmp_path):
 
 
 def test_a_failing_replica_is_retried_on_another(tmp_path):
-    with FakeOpenAIServer(default=lambda body: Reply(status=503)) as bad, \
-            FakeOpenAIServer(default=lambda body: Reply('{"answer": "ok"}')) as good:
-        with LLMClient(_cfg(good, tmp_path, base_url=[bad.base_url, good.base_url], max_retries=1),
-                       show_progress=False) as client:
+    with (
+        FakeOpenAIServer(default=lambda body: Reply(status=503)) as bad,
+        FakeOpenAIServer(default=lambda body: Reply('{"answer": "ok"}')) as good,
+    ):
+        with LLMClient(
+            _cfg(good, tmp_path, base_url=[bad.base_url, good.base_url], max_retries=1), show_progress=False
+        ) as client:
             results = client.run([_req(i) for i in range(10)], parse)
         assert all(r.ok and r.value.answer == "ok" for r in results)
         assert len(good.requests) == 10
 
 
 def test_replies_are_cached_under_the_set_of_replicas_not_the_one_that_answered(tmp_path):
-    with FakeOpenAIServer(default=lambda body: Reply('{"answer": "x"}')) as a, \
-            FakeOpenAIServer(default=lambda body: Reply('{"answer": "x"}')) as b:
+    with (
+        FakeOpenAIServer(default=lambda body: Reply('{"answer": "x"}')) as a,
+        FakeOpenAIServer(default=lambda body: Reply('{"answer": "x"}')) as b,
+    ):
         cfg = _cfg(a, tmp_path, base_url=[a.base_url, b.base_url])
         with LLMClient(cfg, show_progress=False) as client:
             client.run([_req(i) for i in range(6)], parse)
@@ -282,14 +309,21 @@ def test_a_reply_sent_one_byte_at_a_time_is_cut_off_at_the_deadline(tmp_path):
     assert len(srv.requests) == 2
 
 
-@pytest.mark.parametrize("status, body, refusal, says", [
-    (500, "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj",
-     "no_images", "takes no images"),
-    (400, "At most 1 image(s) may be provided in one request.", "too_many_images", "--limit-mm-per-prompt"),
-    (401, "Incorrect API key provided", "auth", "REFINEG_LLM_API_KEY"),
-    (404, "The model `m` does not exist", "not_found", "check --llm-model"),
-    (400, "This model's maximum context length is 4096 tokens", "context", "context"),
-])
+@pytest.mark.parametrize(
+    "status, body, refusal, says",
+    [
+        (
+            500,
+            "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj",
+            "no_images",
+            "takes no images",
+        ),
+        (400, "At most 1 image(s) may be provided in one request.", "too_many_images", "--limit-mm-per-prompt"),
+        (401, "Incorrect API key provided", "auth", "REFINEG_LLM_API_KEY"),
+        (404, "The model `m` does not exist", "not_found", "check --llm-model"),
+        (400, "This model's maximum context length is 4096 tokens", "context", "context"),
+    ],
+)
 def test_an_endpoints_refusal_is_not_retried_and_names_the_fix(tmp_path, status, body, refusal, says):
     reply = Reply(status=status, raw_body=json.dumps({"error": {"message": body}}))
     with FakeOpenAIServer([reply, Reply('{"answer": "never asked"}')]) as srv:

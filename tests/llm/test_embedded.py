@@ -23,8 +23,14 @@ SCHEMA = {
 
 def test_smollm2_returns_schema_valid_json_through_the_same_client(tmp_path):
     cfg = LLMConfig(gguf=packaged_smollm2(), cache_dir=tmp_path, max_tokens=64, gguf_ctx=1024)
-    req = LLMRequest("check", "embedded-test", "1",
-                     [{"role": "user", "content": "Answer pong with a short note, as JSON."}], SCHEMA, "e1")
+    req = LLMRequest(
+        "check",
+        "embedded-test",
+        "1",
+        [{"role": "user", "content": "Answer pong with a short note, as JSON."}],
+        SCHEMA,
+        "e1",
+    )
     with LLMClient(cfg, show_progress=False) as client:
         assert client.base_url.startswith("http://127.0.0.1:")
         result = client.ask(req, lambda text: parse_answer(text, Pong))
@@ -63,18 +69,42 @@ def test_a_text_only_model_refuses_images_once_and_the_fix_is_named(tmp_path):
 
     refineg = str(Path(sys.executable).parent / "refineg")
     gguf = ["--llm-gguf", str(packaged_smollm2()), "--cache-dir", str(tmp_path / "cache")]
-    check = subprocess.run([refineg, "llm-check", "--images", "--json", *gguf], capture_output=True, text=True,
-                           timeout=300)
+    check = subprocess.run(
+        [refineg, "llm-check", "--images", "--json", *gguf], capture_output=True, text=True, timeout=300
+    )
     report = json.loads(check.stdout)
     assert check.returncode == 1 and report["reachable"] and not report["probe"]["images_accepted"]
     assert "takes no images" in report["probe"]["images_error"] and report["usage"]["retries"] == 0
     (tmp_path / "images").mkdir()
     Image.new("RGB", (300, 200)).save(tmp_path / "images" / "a.jpg")
-    (tmp_path / "d.jsonl").write_text(json.dumps({"id": "a", "tokens": ["Obama", "in", "Paris"], "image": "a.jpg",
-                                                  "entities": [{"start": 0, "end": 1, "type": "PER"}]}) + "\n")
-    ground = subprocess.run([refineg, "ground", "--data", str(tmp_path / "d.jsonl"), "--images", str(tmp_path / "images"),
-                             "--out", str(tmp_path / "g.jsonl"), "--quiet", *gguf], capture_output=True, text=True,
-                            timeout=300)
+    (tmp_path / "d.jsonl").write_text(
+        json.dumps(
+            {
+                "id": "a",
+                "tokens": ["Obama", "in", "Paris"],
+                "image": "a.jpg",
+                "entities": [{"start": 0, "end": 1, "type": "PER"}],
+            }
+        )
+        + "\n"
+    )
+    ground = subprocess.run(
+        [
+            refineg,
+            "ground",
+            "--data",
+            str(tmp_path / "d.jsonl"),
+            "--images",
+            str(tmp_path / "images"),
+            "--out",
+            str(tmp_path / "g.jsonl"),
+            "--quiet",
+            *gguf,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ground.returncode == 1 and "takes no images" in ground.stdout
     summary = json.loads((tmp_path / "g.jsonl.summary.json").read_text())
     assert summary["counts"]["llm_refused_no_images"] == 1 and summary["llm"]["total"]["retries"] == 0

@@ -39,7 +39,9 @@ def test_an_answer_off_the_square_or_without_boxes_cannot_ground():
 def test_check_with_images_over_http_reports_a_refused_image_count_and_the_convention(tmp_path):
     gemini = resolve("gemini", None).family
     pong = Reply('{"answer": "pong"}')
-    refused = Reply(status=400, raw_body=json.dumps({"error": {"message": "At most 1 image(s) may be provided in one request."}}))
+    refused = Reply(
+        status=400, raw_body=json.dumps({"error": {"message": "At most 1 image(s) may be provided in one request."}})
+    )
     with FakeOpenAIServer([pong, refused, Reply(ANSWERS["norm1000-yx"])]) as srv:
         report = check(LLMConfig(base_url=srv.base_url, model="gemini-2.5-flash", cache_dir=tmp_path), images=4)
         probe_requests = srv.requests[1:]

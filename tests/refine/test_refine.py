@@ -7,43 +7,63 @@ import pytest
 from refineg.config import LLMConfig
 from refineg.errors import ParseError
 from refineg.llm import LLMClient
-from refineg.refine import build_request, merge, parse
 from refineg.llm.typesets import load_typeset
+from refineg.refine import build_request, merge, parse
 from refineg.testing.fake_openai import FakeOpenAIServer, Reply
 from refineg.types import Entity, Prediction, Sample
 
 TYPES = ("LOC", "ORG", "OTHER", "PER")
 SAMPLE = Sample("s1", tuple("Ted Cruz met the Red Sox in Boston today".split()))
-PRED = Prediction("s1", (
-    Entity("Ted Cruz", "PER", 0, 2, score=0.98, source="tagger", decision="keep"),
-    Entity("Red", "ORG", 4, 5, score=0.31, source="tagger", decision="delegate"),
-    Entity("Boston", "PER", 7, 8, score=0.40, source="tagger", decision="delegate"),
-), delegated=True)
+PRED = Prediction(
+    "s1",
+    (
+        Entity("Ted Cruz", "PER", 0, 2, score=0.98, source="tagger", decision="keep"),
+        Entity("Red", "ORG", 4, 5, score=0.31, source="tagger", decision="delegate"),
+        Entity("Boston", "PER", 7, 8, score=0.40, source="tagger", decision="delegate"),
+    ),
+    delegated=True,
+)
 
 
 def test_parse_reads_the_last_object_and_rejects_malformed_answers():
-    text = 'Red is part of "Red Sox". {"entities": [{"text": "x", "type": "ORG"}]} So: {"entities": [{"text": "Red Sox", "type": "ORG"}]}'
+    text = (
+        'Red is part of "Red Sox". {"entities": [{"text": "x", "type": "ORG"}]} '
+        'So: {"entities": [{"text": "Red Sox", "type": "ORG"}]}'
+    )
     assert [(e.text, e.type) for e in parse(text)] == [("Red Sox", "ORG")]
     for bad in ('{"entities": [{"text": "Red Sox"}]}', '{"entities": "Red Sox"}', "no json", "<think>{}</think>"):
         with pytest.raises(ParseError):
             parse(bad)
     # broken JSON is repaired, and reasoning before the answer is never read as the answer
     assert parse('{"entities": [}') == []
-    thought = '<think>maybe {"entities": [{"text": "x", "type": "PER"}]}</think>{"reasoning": "r", "entities": [{"text": "Red Sox", "type": "ORG",}]'
+    thought = (
+        '<think>maybe {"entities": [{"text": "x", "type": "PER"}]}</think>'
+        '{"reasoning": "r", "entities": [{"text": "Red Sox", "type": "ORG",}]'
+    )
     assert [(e.text, e.type) for e in parse(thought)] == [("Red Sox", "ORG")]
 
 
 def test_merge_fixes_uncertain_keeps_confident_and_rejects_hallucinations():
-    refined = parse(json.dumps({"entities": [
-        {"text": "Red Sox", "type": "ORG"}, {"text": "Boston", "type": "LOC"},
-        {"text": "Fenway Park", "type": "LOC"},  # not in the text
-        {"text": "today", "type": "DATE"},  # not a type of ours
-        {"text": "Cruz", "type": "PER"},  # overlaps a kept entity
-    ]}))
+    refined = parse(
+        json.dumps(
+            {
+                "entities": [
+                    {"text": "Red Sox", "type": "ORG"},
+                    {"text": "Boston", "type": "LOC"},
+                    {"text": "Fenway Park", "type": "LOC"},  # not in the text
+                    {"text": "today", "type": "DATE"},  # not a type of ours
+                    {"text": "Cruz", "type": "PER"},  # overlaps a kept entity
+                ]
+            }
+        )
+    )
     merged = merge(SAMPLE, PRED, refined, TYPES)
     got = [(e.text, e.type, e.start, e.end, e.source, e.score) for e in merged.prediction.entities]
-    assert got == [("Ted Cruz", "PER", 0, 2, "tagger", 0.98), ("Red Sox", "ORG", 4, 6, "mllm", None),
-                   ("Boston", "LOC", 7, 8, "mllm", None)]
+    assert got == [
+        ("Ted Cruz", "PER", 0, 2, "tagger", 0.98),
+        ("Red Sox", "ORG", 4, 6, "mllm", None),
+        ("Boston", "LOC", 7, 8, "mllm", None),
+    ]
     c = merged.counts
     assert c["rejected_not_in_text"] == 1 and c["rejected_unknown_type"] == 1 and c["rejected_overlaps"] == 1
     assert c["changed_or_added"] == 2 and c["dropped"] == 1  # "Red" is gone; "Boston" was retyped
@@ -68,7 +88,10 @@ def test_request_marks_kept_and_uncertain_entities():
     assert props["entities"]["items"]["properties"]["type"]["enum"] == ["PER", "ORG", "LOC", "OTHER"]
     assert props["entities"]["maxItems"] == 3
     flagged = build_request(SAMPLE, PRED.with_(maybe_missing=True), load_typeset("twitter"))
-    assert "MISSED" in flagged.messages[0]["content"][-1]["text"] and flagged.schema["properties"]["entities"]["maxItems"] == 5
+    assert (
+        "MISSED" in flagged.messages[0]["content"][-1]["text"]
+        and flagged.schema["properties"]["entities"]["maxItems"] == 5
+    )
 
 
 def test_additions_are_kept_only_where_the_gate_flagged_a_missing_entity():

@@ -31,9 +31,10 @@ REFINEG = str(Path(sys.executable).parent / "refineg")
 class Running:
     """A uvicorn server in a thread on a free loopback port, with the settings `refineg serve` uses."""
 
-    def __init__(self, app, service: ServiceConfig = ServiceConfig()):
+    def __init__(self, app, service: ServiceConfig | None = None):
         self.port = free_port()
-        self.server = uvicorn.Server(server_config(app, service.model_copy(update={"port": self.port})))
+        service = (service or ServiceConfig()).model_copy(update={"port": self.port})
+        self.server = uvicorn.Server(server_config(app, service))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -64,9 +65,24 @@ def service(tiny_model):
 def test_concurrent_answers_equal_refineg_predict(service, tiny_model, tmp_path):
     model, _, dev = tiny_model
     save_samples(dev, tmp_path / "dev.jsonl")
-    subprocess.run([REFINEG, "predict", "--model", str(model), "--data", str(tmp_path / "dev.jsonl"), "--out",
-                    str(tmp_path / "p.jsonl"), "--quiet"], check=True, capture_output=True)
-    expected = {json.loads(l)["id"]: json.loads(l)["entities"] for l in (tmp_path / "p.jsonl").read_text().splitlines()}
+    subprocess.run(
+        [
+            REFINEG,
+            "predict",
+            "--model",
+            str(model),
+            "--data",
+            str(tmp_path / "dev.jsonl"),
+            "--out",
+            str(tmp_path / "p.jsonl"),
+            "--quiet",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    expected = {
+        json.loads(line)["id"]: json.loads(line)["entities"] for line in (tmp_path / "p.jsonl").read_text().splitlines()
+    }
 
     def post(s):
         r = httpx.post(f"{service.url}/v1/gmner", json={"id": s.id, "tokens": list(s.tokens)}, timeout=60)
@@ -85,20 +101,29 @@ def test_concurrent_answers_equal_refineg_predict(service, tiny_model, tmp_path)
     assert health["mean_batch_size"] > 1  # concurrent posts were tagged together
 
 
-@pytest.mark.parametrize("body, status, says", [
-    (b"{not json", 400, "invalid JSON"),
-    (b'{"id": "x"}', 422, "text or tokens"),
-    (b'{"text": "   "}', 422, "text or tokens"),
-    (b'{"text": 42}', 422, "text"),
-    (b'{"text": "a", "tokens": ["a"]}', 422, "one of them"),
-    (json.dumps({"text": "Obama in Paris", "image": "not base64 !!"}).encode(), 400, "base64"),
-    (json.dumps({"text": "Obama in Paris", "image": base64.b64encode(b"plain text, no image").decode()}).encode(), 400, "image"),
-    (b'{"text": "' + b"a" * 1_200_000 + b'"}', 413, "over"),
-    (b'{"text": "caf\xe9 in Paris"}', 400, "not UTF-8"),
-    (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
-    (json.dumps({"text": "Obama in Paris", "image": "data:image/png;base64"}).encode(), 400, "comma"),
-    (json.dumps({"text": "Obama in Paris", "image": "data:,"}).encode(), 400, "image"),
-])
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        (b"{not json", 400, "invalid JSON"),
+        (b'{"id": "x"}', 422, "text or tokens"),
+        (b'{"text": "   "}', 422, "text or tokens"),
+        (b'{"text": 42}', 422, "text"),
+        (b'{"text": "a", "tokens": ["a"]}', 422, "one of them"),
+        (json.dumps({"text": "Obama in Paris", "image": "not base64 !!"}).encode(), 400, "base64"),
+        (
+            json.dumps(
+                {"text": "Obama in Paris", "image": base64.b64encode(b"plain text, no image").decode()}
+            ).encode(),
+            400,
+            "image",
+        ),
+        (b'{"text": "' + b"a" * 1_200_000 + b'"}', 413, "over"),
+        (b'{"text": "caf\xe9 in Paris"}', 400, "not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+        (json.dumps({"text": "Obama in Paris", "image": "data:image/png;base64"}).encode(), 400, "comma"),
+        (json.dumps({"text": "Obama in Paris", "image": "data:,"}).encode(), 400, "image"),
+    ],
+)
 def test_bad_requests_get_a_4xx_json_error_and_the_service_stays_up(service, body, status, says):
     r = httpx.post(f"{service.url}/v1/gmner", content=body, headers={"Content-Type": "application/json"}, timeout=30)
     assert r.status_code == status, r.text
@@ -132,13 +157,19 @@ def test_the_page_draws_entities_and_boxes_in_headless_chromium(tiny_model, tmp_
     def answer(body):  # every entity the MLLM is asked about is in the picture's upper left
         text = json.dumps(body)
         names = [e.text for e in load(model)(tokens=tokens).entities]
-        return Reply(json.dumps({"entities": [{"text": n, "type": "PER", "boxes": [[20, 20, 200, 200]]} for n in names]})
-                     if "Ground exactly" in text or "lists every entity" in text else '{"entities": []}')
+        return Reply(
+            json.dumps({"entities": [{"text": n, "type": "PER", "boxes": [[20, 20, 200, 200]]} for n in names]})
+            if "Ground exactly" in text or "lists every entity" in text
+            else '{"entities": []}'
+        )
 
     image = "data:image/jpeg;base64," + base64.b64encode(SAMPLE_IMAGE.read_bytes()).decode()
     with FakeOpenAIServer(default=answer) as llm:
-        nlp = load(model, llm={"base_url": llm.base_url, "model": "m", "cache_dir": str(tmp_path / "cache")},
-                   settings={"ground": {"skip_ungroundable": False}})
+        nlp = load(
+            model,
+            llm={"base_url": llm.base_url, "model": "m", "cache_dir": str(tmp_path / "cache")},
+            settings={"ground": {"skip_ungroundable": False}},
+        )
         with Running(create_app(nlp)) as running:
             from urllib.parse import quote
 
@@ -146,8 +177,12 @@ def test_the_page_draws_entities_and_boxes_in_headless_chromium(tiny_model, tmp_
             chromium = shutil.which("chromium")
             assert chromium, "chromium is missing: `make test` installs it through .ci/ensure-chromium"
             flags = FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
-            res = subprocess.run([chromium, *flags, "--virtual-time-budget=15000", "--dump-dom", url],
-                                 capture_output=True, text=True, timeout=120)
+            res = subprocess.run(
+                [chromium, *flags, "--virtual-time-budget=15000", "--dump-dom", url],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             dom = res.stdout
             assert 'data-ready="1"' in dom and 'data-errors="0"' in dom, res.stderr[-2000:]
             assert 'data-result="' in dom and 'data-result="error"' not in dom and 'data-result="0"' not in dom
@@ -156,8 +191,18 @@ def test_the_page_draws_entities_and_boxes_in_headless_chromium(tiny_model, tmp_
             artifacts.mkdir(exist_ok=True)
             shot = artifacts / "service.png"
             shot.unlink(missing_ok=True)
-            subprocess.run([chromium, *flags, "--virtual-time-budget=15000", "--window-size=1100,800",
-                            f"--screenshot={shot}", url], capture_output=True, timeout=120)
+            subprocess.run(
+                [
+                    chromium,
+                    *flags,
+                    "--virtual-time-budget=15000",
+                    "--window-size=1100,800",
+                    f"--screenshot={shot}",
+                    url,
+                ],
+                capture_output=True,
+                timeout=120,
+            )
             assert shot.is_file() and shot.stat().st_size > 10_000
 
 
@@ -166,8 +211,9 @@ def test_a_body_over_the_limit_gets_a_413_that_urllib_can_read(tiny_model):
     import urllib.request
 
     with Running(create_app(load(tiny_model[0]), ServiceConfig(max_body_mb=1.0))) as running:
-        req = urllib.request.Request(f"{running.url}/v1/gmner", data=b"x" * 5_000_000,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{running.url}/v1/gmner", data=b"x" * 5_000_000, headers={"Content-Type": "application/json"}
+        )
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(req, timeout=60)
         assert info.value.code == 413 and "over" in json.loads(info.value.read())["error"]
@@ -196,9 +242,19 @@ def test_the_api_docs_are_served_offline(service):
 
 
 def _llm_nlp(model, srv, tmp_path, **llm):
-    return load(model, llm={"base_url": srv.base_url, "model": "m", "cache": False, "cache_dir": str(tmp_path),
-                            "backoff_base": 0.01, **llm},
-                images=[tmp_path], settings={"ground": {"skip_ungroundable": False}})
+    return load(
+        model,
+        llm={
+            "base_url": srv.base_url,
+            "model": "m",
+            "cache": False,
+            "cache_dir": str(tmp_path),
+            "backoff_base": 0.01,
+            **llm,
+        },
+        images=[tmp_path],
+        settings={"ground": {"skip_ungroundable": False}},
+    )
 
 
 def test_a_text_only_post_on_a_service_with_image_folders_is_quiet(tiny_model, tmp_path, caplog):
@@ -233,6 +289,7 @@ def test_endpoints_that_trickle_their_replies_do_not_wedge_later_requests(tiny_m
     with FakeOpenAIServer(default=lambda body: slow) as srv:
         nlp = _llm_nlp(model, srv, tmp_path, timeout=1.0, max_retries=0, concurrency=2)
         with Running(create_app(nlp)) as running:
+
             def post(tokens):
                 return httpx.post(f"{running.url}/v1/gmner", json={"tokens": list(tokens), "image": image}, timeout=30)
 
@@ -275,9 +332,26 @@ def test_sigterm_ends_the_service_within_its_grace_period_even_with_a_stalled_re
     port = free_port()
     (tmp_path / "serve.toml").write_text("[service]\nshutdown_grace_s = 2\n[ground]\nskip_ungroundable = false\n")
     with FakeOpenAIServer(default=lambda body: Reply('{"entities": []}', delay=120)) as srv:
-        proc = subprocess.Popen([REFINEG, "serve", "--model", str(model), "--port", str(port), "--config",
-                                 str(tmp_path / "serve.toml"), "--llm-base-url", srv.base_url, "--llm-model", "m",
-                                 "--cache-dir", str(tmp_path / "c")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [
+                REFINEG,
+                "serve",
+                "--model",
+                str(model),
+                "--port",
+                str(port),
+                "--config",
+                str(tmp_path / "serve.toml"),
+                "--llm-base-url",
+                srv.base_url,
+                "--llm-model",
+                "m",
+                "--cache-dir",
+                str(tmp_path / "c"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
@@ -287,8 +361,9 @@ def test_sigterm_ends_the_service_within_its_grace_period_even_with_a_stalled_re
                 time.sleep(0.2)
         tokens = next(s.tokens for s in dev if load(model)(tokens=s.tokens).entities)
         image = "data:image/jpeg;base64," + base64.b64encode(SAMPLE_IMAGE.read_bytes()).decode()
-        stalled = threading.Thread(target=lambda: _quietly(f"http://127.0.0.1:{port}/v1/gmner",
-                                                           {"tokens": list(tokens), "image": image}))
+        stalled = threading.Thread(
+            target=lambda: _quietly(f"http://127.0.0.1:{port}/v1/gmner", {"tokens": list(tokens), "image": image})
+        )
         stalled.start()
         while not srv.in_flight and time.time() < deadline:
             time.sleep(0.1)

@@ -4,28 +4,45 @@ import json
 
 from refineg.config import LLMConfig, RunConfig, SynthConfig
 from refineg.data import load_samples
+from refineg.llm.typesets import load_typeset
 from refineg.synth import synthesize
 from refineg.synth.replace import mention_replacement
 from refineg.synth.task import parse
-from refineg.llm.typesets import load_typeset
 from refineg.testing.fake_openai import FakeOpenAIServer, Reply
 from refineg.types import Entity, Sample
 
-SEED = Sample("seed1", ("Ted", "Cruz", "speaks", "in", "Texas"),
-              (Entity("Ted Cruz", "PER", 0, 2), Entity("Texas", "LOC", 4, 5)))
+SEED = Sample(
+    "seed1", ("Ted", "Cruz", "speaks", "in", "Texas"), (Entity("Ted Cruz", "PER", 0, 2), Entity("Texas", "LOC", 4, 5))
+)
 HELD_OUT = Sample("dev9", ("Ted", "Cruz", "speaks", "for", "me", "in", "Austin", "!"))
 
-CANNED = {"samples": [
-    {"text": "Ted Cruz visited Texas today", "entities": [{"text": "Ted Cruz", "type": "PER"}, {"text": "Texas", "type": "LOC"}]},
-    {"text": "Ted Cruz visited", "entities": [{"text": "Ted Cruz", "type": "PER"}, {"text": "Ohio", "type": "LOC"}]},
-    {"text": "Ted Cruz went to Texasville", "entities": [{"text": "Ted Cruz", "type": "PER"}, {"text": "Texas", "type": "LOC"}]},
-    {"text": "Ted Cruz loves pizza", "entities": [{"text": "Ted Cruz", "type": "PER"}, {"text": "pizza", "type": "FOOD"}]},
-    {"text": "ted cruz  visited TEXAS today!", "entities": [{"text": "TEXAS", "type": "LOC"}]},
-    {"text": "Texas fans love Texas BBQ", "entities": [{"text": "Texas", "type": "loc"}]},
-    {"text": "Ted Cruz speaks for me in Austin !", "entities": [{"text": "Ted Cruz", "type": "PER"}]},
-    {"text": "RT @tedcruz: Vote for Ted Cruz's plan in #Texas http://t.co/abc", "entities": [
-        {"text": "Ted Cruz", "type": "PER"}, {"text": "Texas", "type": "LOC"}]},
-]}
+CANNED = {
+    "samples": [
+        {
+            "text": "Ted Cruz visited Texas today",
+            "entities": [{"text": "Ted Cruz", "type": "PER"}, {"text": "Texas", "type": "LOC"}],
+        },
+        {
+            "text": "Ted Cruz visited",
+            "entities": [{"text": "Ted Cruz", "type": "PER"}, {"text": "Ohio", "type": "LOC"}],
+        },
+        {
+            "text": "Ted Cruz went to Texasville",
+            "entities": [{"text": "Ted Cruz", "type": "PER"}, {"text": "Texas", "type": "LOC"}],
+        },
+        {
+            "text": "Ted Cruz loves pizza",
+            "entities": [{"text": "Ted Cruz", "type": "PER"}, {"text": "pizza", "type": "FOOD"}],
+        },
+        {"text": "ted cruz  visited TEXAS today!", "entities": [{"text": "TEXAS", "type": "LOC"}]},
+        {"text": "Texas fans love Texas BBQ", "entities": [{"text": "Texas", "type": "loc"}]},
+        {"text": "Ted Cruz speaks for me in Austin !", "entities": [{"text": "Ted Cruz", "type": "PER"}]},
+        {
+            "text": "RT @tedcruz: Vote for Ted Cruz's plan in #Texas http://t.co/abc",
+            "entities": [{"text": "Ted Cruz", "type": "PER"}, {"text": "Texas", "type": "LOC"}],
+        },
+    ]
+}
 
 
 def _answer(body):
@@ -36,16 +53,23 @@ def _answer(body):
 
 
 def _cfg(srv, tmp_path) -> RunConfig:
-    return RunConfig(llm=LLMConfig(base_url=srv.base_url, model="replay", cache_dir=tmp_path, backoff_base=0.01),
-                     synth=SynthConfig(n_keep=8, n_new=4))
+    return RunConfig(
+        llm=LLMConfig(base_url=srv.base_url, model="replay", cache_dir=tmp_path, backoff_base=0.01),
+        synth=SynthConfig(n_keep=8, n_new=4),
+    )
 
 
 def test_validation_handles_and_counts_every_bad_case(tmp_path):
     with FakeOpenAIServer(default=_answer) as srv:
         result = synthesize([SEED], _cfg(srv, tmp_path), exclude=[HELD_OUT], progress=False)
     s = result.summary
-    assert s["dropped"] == {"duplicate_sentence": 1, "entity_inside_a_word": 1, "entity_not_in_text": 1,
-                            "leaks_excluded_data": 1, "unknown_type": 1}
+    assert s["dropped"] == {
+        "duplicate_sentence": 1,
+        "entity_inside_a_word": 1,
+        "entity_not_in_text": 1,
+        "leaks_excluded_data": 1,
+        "unknown_type": 1,
+    }
     assert s["kept"] == 3 and s["notes"]["extra_occurrences_tagged"] == 1
     assert s["failed_requests"] == 1 and s["llm"]["fallbacks"] == 1 and s["llm"]["reasks"] == 1
     by_text = {" ".join(x.tokens): x for x in result.samples}
@@ -56,7 +80,7 @@ def test_validation_handles_and_counts_every_bad_case(tmp_path):
     for x in result.samples:
         assert x.meta["source"] == "synthetic" and x.meta["seed_id"] == "seed1"
         for e in x.entities:
-            assert " ".join(x.tokens[e.start:e.end]) == e.text and e.source == "synthetic"
+            assert " ".join(x.tokens[e.start : e.end]) == e.text and e.source == "synthetic"
 
 
 def test_second_identical_run_is_served_entirely_from_the_cache(tmp_path):
@@ -88,7 +112,7 @@ def test_mention_replacement_keeps_types_and_offsets(twitter_train):
         seed = by_id[x.meta["seed_id"]]
         assert [e.type for e in x.entities] == [e.type for e in sorted(seed.entities, key=lambda e: e.start)]
         for e in x.entities:
-            assert " ".join(x.tokens[e.start:e.end]) == e.text
+            assert " ".join(x.tokens[e.start : e.end]) == e.text
     again, _ = mention_replacement(seeds, per_sample=3, seed=1)
     assert again == out  # seeded
 
@@ -96,7 +120,10 @@ def test_mention_replacement_keeps_types_and_offsets(twitter_train):
 def test_mention_replacement_never_emits_excluded_text():
     from refineg.synth.validate import normalise
 
-    seeds = [SEED, Sample("s2", ("Obama", "speaks", "in", "Ohio"), (Entity("Obama", "PER", 0, 1), Entity("Ohio", "LOC", 3, 4)))]
+    seeds = [
+        SEED,
+        Sample("s2", ("Obama", "speaks", "in", "Ohio"), (Entity("Obama", "PER", 0, 1), Entity("Ohio", "LOC", 3, 4))),
+    ]
     leak = normalise("Obama speaks in Texas")
     out, summary = mention_replacement(seeds, per_sample=5, seed=0, exclude={leak})
     assert all(normalise(x.text) != leak for x in out)

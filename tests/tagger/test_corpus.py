@@ -15,12 +15,14 @@ def _pred(i: int, text: str, spans: list[tuple[int, int, str]]) -> Prediction:
 
 
 def _counts() -> CorpusCounts:
-    return CorpusCounts.of([
-        _pred(0, "I love New York", [(2, 4, "LOC")]),
-        _pred(1, "new  york is big", [(0, 2, "LOC")]),
-        _pred(2, "NEW YORK signs Smith", [(0, 2, "ORG"), (3, 4, "PER")]),
-        _pred(3, "back in new york again", []),  # a mention the tagger left untagged
-    ])
+    return CorpusCounts.of(
+        [
+            _pred(0, "I love New York", [(2, 4, "LOC")]),
+            _pred(1, "new  york is big", [(0, 2, "LOC")]),
+            _pred(2, "NEW YORK signs Smith", [(0, 2, "ORG"), (3, 4, "PER")]),
+            _pred(3, "back in new york again", []),  # a mention the tagger left untagged
+        ]
+    )
 
 
 def test_counts_say_how_consistently_a_text_was_tagged_wherever_it_occurs():

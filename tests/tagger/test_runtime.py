@@ -62,9 +62,12 @@ def test_float32_graph_matches_pytorch_marginals_and_entities(model_copy):
     assert in_onnx.runtime == "onnx" and not in_onnx.config.int8
     assert np.abs(_marginals(in_onnx, dev) - _marginals(in_torch, dev)).max() <= 1e-4
     onnx_preds, torch_preds = in_onnx.predict(dev), in_torch.predict(dev)
-    assert [[(e.start, e.end, e.type) for e in p.entities] for p in onnx_preds] == \
-        [[(e.start, e.end, e.type) for e in p.entities] for p in torch_preds]
-    scores = np.array([(a.score, b.score) for p, q in zip(onnx_preds, torch_preds) for a, b in zip(p.entities, q.entities)])
+    assert [[(e.start, e.end, e.type) for e in p.entities] for p in onnx_preds] == [
+        [(e.start, e.end, e.type) for e in p.entities] for p in torch_preds
+    ]
+    scores = np.array(
+        [(a.score, b.score) for p, q in zip(onnx_preds, torch_preds) for a, b in zip(p.entities, q.entities)]
+    )
     assert len(scores) and np.abs(scores[:, 0] - scores[:, 1]).max() <= 1e-4
 
 

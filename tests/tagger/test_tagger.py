@@ -7,9 +7,9 @@ import torch
 from refineg.config import TaggerConfig
 from refineg.errors import ConfigError
 from refineg.tagger.align import Aligner
-from refineg.tagger.lattice import CRFParams, Lattice, viterbi
 from refineg.tagger.encoder import load_encoder
 from refineg.tagger.features import shape_ids, word_shape
+from refineg.tagger.lattice import CRFParams, Lattice, viterbi
 from refineg.tagger.model import TaggerModel
 from refineg.tagger.tagger import Tagger
 from refineg.types import Sample
@@ -33,7 +33,9 @@ def test_crf_marginals_of_each_token_sum_to_one():
     sums = lat.marginals.sum(-1)[mask.numpy()]
     assert np.allclose(sums, 1.0, atol=1e-9)
     # log Z agrees with pytorch-crf's own forward algorithm, and the paths with its Viterbi
-    assert np.allclose(lat.log_z, crf._compute_normalizer(em.transpose(0, 1), mask.transpose(0, 1)).detach().numpy(), atol=1e-4)
+    assert np.allclose(
+        lat.log_z, crf._compute_normalizer(em.transpose(0, 1), mask.transpose(0, 1)).detach().numpy(), atol=1e-4
+    )
     assert viterbi(CRFParams.of(crf), em.double().numpy(), mask.numpy()) == crf.decode(em, mask=mask)
 
 
@@ -71,18 +73,35 @@ def test_a_partly_labelled_sentence_is_trained_on_every_path_through_its_unknown
     assert allowed_tags(tags, frozenset({2, 3}), LABELS)[3].tolist() == [True] * 5
     with torch.no_grad():
         full = net.loss(enc, torch.tensor([tags]))
-        known = net.loss(enc, torch.tensor([tags]), allowed=torch.from_numpy(allowed_tags(tags, frozenset(), LABELS))[None])
+        known = net.loss(
+            enc, torch.tensor([tags]), allowed=torch.from_numpy(allowed_tags(tags, frozenset(), LABELS))[None]
+        )
         none_known = net.loss(enc, torch.tensor([tags]), allowed=torch.ones(1, 5, len(LABELS), dtype=torch.bool))
-        partial = net.loss(enc, torch.tensor([tags]),
-                           allowed=torch.from_numpy(allowed_tags(tags, frozenset({2, 3}), LABELS))[None])
+        partial = net.loss(
+            enc, torch.tensor([tags]), allowed=torch.from_numpy(allowed_tags(tags, frozenset({2, 3}), LABELS))[None]
+        )
     assert abs(float(full - known)) < 1e-4  # nothing unknown: the usual likelihood
     assert abs(float(none_known)) < 1e-4  # every path allowed: probability 1
     assert 0 < float(partial) < float(full)  # several paths allowed: likelier than the one labelled path
 
 
 def test_shapes():
-    assert [word_shape(w) for w in ["ted", "Ted", "NASA", "iPhone", "2017", "B2B", "!", "#", "@", "http://t.", "RT", "😂"]] == [
-        "lower", "capitalised", "allcaps", "mixed", "digits", "alnum_digits", "punct", "hash", "at", "url", "rt", "emoji_symbol"]
+    assert [
+        word_shape(w) for w in ["ted", "Ted", "NASA", "iPhone", "2017", "B2B", "!", "#", "@", "http://t.", "RT", "😂"]
+    ] == [
+        "lower",
+        "capitalised",
+        "allcaps",
+        "mixed",
+        "digits",
+        "alnum_digits",
+        "punct",
+        "hash",
+        "at",
+        "url",
+        "rt",
+        "emoji_symbol",
+    ]
     assert shape_ids(["#", "Sox"])[1] != shape_ids(["the", "Sox"])[1]  # context after '#'
 
 
@@ -131,8 +150,10 @@ def test_a_student_of_a_loaded_tagger_trains_as_one_of_the_same_tagger_in_memory
 
     out, result, dev = tiny_model
     cfg = result.tagger.config.model_copy(update={"epochs": 1, "seed": 14})
-    reports = [train_tagger(dev[:24], dev[24:], cfg, progress=False, init=init)[1]
-               for init in (result.tagger, Tagger.load(out))]
+    reports = [
+        train_tagger(dev[:24], dev[24:], cfg, progress=False, init=init)[1]
+        for init in (result.tagger, Tagger.load(out))
+    ]
     assert reports[0].loss_by_epoch == reports[1].loss_by_epoch
 
 
@@ -216,7 +237,7 @@ def test_length_bucketed_batches_cover_every_example_once_with_less_padding():
 
     shuffled = list(range(500))
     random.Random(2).shuffle(shuffled)
-    assert padded(batches) < 0.75 * padded([shuffled[k:k + 16] for k in range(0, 500, 16)])
+    assert padded(batches) < 0.75 * padded([shuffled[k : k + 16] for k in range(0, 500, 16)])
     assert _batches(lengths, 16, random.Random(1)) != _batches(lengths, 16, random.Random(3))  # epochs differ
 
 
@@ -243,7 +264,7 @@ def test_a_20k_token_post_is_tagged_to_its_end_in_bounded_memory(tiny_model, tmp
     copies = 20_000 // len(one.tokens) + 1
     tokens = list(one.tokens) * copies
     assert len(tagger.windows(tokens)) > 50
-    few = one.with_(tokens=tuple(tokens[:tagger.windows(tokens)[2][1]]))
+    few = one.with_(tokens=tuple(tokens[: tagger.windows(tokens)[2][1]]))
     stitched = tagger.predict_detailed([few])[0]  # three windows stitched: one probability per word
     assert len(tagger.windows(few.tokens)) == 3 and len(stitched.entity_prob) == len(few.tokens)
     inside = {i for e in stitched.prediction.entities for i in range(e.start, e.end)}
@@ -251,14 +272,25 @@ def test_a_20k_token_post_is_tagged_to_its_end_in_bounded_memory(tiny_model, tmp
     data = tmp_path / "long.jsonl"
     data.write_text(json.dumps({"id": "long", "tokens": tokens}) + "\n")
     out = tmp_path / "p.jsonl"
-    predict = [str(Path(sys.executable).parent / "refineg"), "predict", "--model", str(model), "--data", str(data),
-               "--out", str(out), "--quiet"]
+    predict = [
+        str(Path(sys.executable).parent / "refineg"),
+        "predict",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     # the peak of that one process: this process's own children include every earlier test's subprocesses
-    measure = ("import resource, subprocess, sys; res = subprocess.run(sys.argv[1:]); "
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(res.returncode)")
+    measure = (
+        "import resource, subprocess, sys; res = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(res.returncode)"
+    )
     res = subprocess.run([sys.executable, "-c", measure, *predict], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    peak_gb = int(res.stdout.split()[-1]) / 1024 ** 2
+    peak_gb = int(res.stdout.split()[-1]) / 1024**2
     assert peak_gb < 3.0
     ents = json.loads(out.read_text())["entities"]
     assert max(e["start"] for e in ents) >= len(tokens) - len(one.tokens)  # the last copy was tagged

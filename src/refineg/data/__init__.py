@@ -5,24 +5,24 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import DataError
 from ..types import Prediction, Sample
 from .ccks import read_ccks, write_ccks
 from .jsonl import iter_jsonl, read_jsonl, read_posts, read_predictions, write_jsonl
-from .peers import (is_riveg, json_kind, read_ccks_json, read_riveg, read_unco, write_ccks_json, write_riveg,
-                    write_unco)
+from .labelstudio import read_export
+from .peers import is_riveg, json_kind, read_ccks_json, read_riveg, read_unco, write_ccks_json, write_riveg, write_unco
 from .textio import text_lines
 from .twitter_gmner import iter_twitter, read_token_columns, read_twitter, write_twitter
 
 PEEK_LINES = 5000  # lines read to tell a file's kind
 
 # every format a file can be read in (detect_format tells them apart), and written in
-FORMATS = ("jsonl", "twitter", "ccks", "unco", "ccks-json", "riveg")
-OUTPUT_FORMATS = FORMATS + ("unco-pred",)
+FORMATS = ("jsonl", "twitter", "ccks", "unco", "ccks-json", "riveg", "label-studio")
+OUTPUT_FORMATS = ("jsonl", "twitter", "ccks", "unco", "unco-pred", "ccks-json", "riveg")
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,9 @@ class Dataset:
 
 
 def detect_format(path: str | Path) -> str:
-    """The format of an input path: ``jsonl``, ``twitter``, ``ccks`` (a folder), or a peer's: ``unco`` (a
-    JSON list), ``ccks-json`` (a CCKS submission: one JSON object of entity lists), ``riveg`` (``###`` lines)."""
+    """The format of an input path: ``jsonl``, ``twitter``, ``ccks`` (a folder), a Label Studio export
+    (``label-studio``), or a peer's: ``unco`` (a JSON list), ``ccks-json`` (a CCKS submission: one JSON object of
+    entity lists), ``riveg`` (``###`` lines)."""
     path = Path(path)
     if path.is_dir():
         return "ccks"
@@ -47,8 +48,11 @@ def detect_format(path: str | Path) -> str:
         return json_kind(path)
     if path.suffix in (".txt", ".conll"):
         return "riveg" if is_riveg(path) else "twitter"
-    raise DataError("cannot tell the format: expected a .jsonl file, a Twitter-GMNER .txt split or a CCKS folder "
-                    "(or a peer's .json or ### lines)", path)
+    raise DataError(
+        "cannot tell the format: expected a .jsonl file, a Twitter-GMNER .txt split or a CCKS folder "
+        "(or a peer's .json or ### lines)",
+        path,
+    )
 
 
 def read_ids(path: str | Path) -> list[str]:
@@ -77,6 +81,8 @@ def load_dataset(path: str | Path, ids: list[str] | None = None, fmt: str | None
         samples, _ = read_unco(path)
     elif fmt == "riveg":
         samples = read_riveg(path)
+    elif fmt == "label-studio":
+        samples = read_export(path)
     elif fmt == "ccks-json":
         samples = [Sample(p.id, (), p.entities) for p in read_ccks_json(path, source="gold")]
     else:
@@ -95,11 +101,14 @@ def load_predictions(path: str | Path) -> list[Prediction]:
     if fmt == "ccks-json":
         return read_ccks_json(path)
     if fmt not in ("unco", "riveg"):
-        raise DataError(f"predictions are read from JSONL, UnCo JSON, CCKS submission JSON or RiVEG lines, not {fmt}",
-                        path)
+        raise DataError(
+            f"predictions are read from JSONL, UnCo JSON, CCKS submission JSON or RiVEG lines, not {fmt}", path
+        )
     samples = read_unco(path)[0] if fmt == "unco" else read_riveg(path, "tagger")
-    return [Prediction(s.id, tuple(e.with_(source="tagger") for e in s.entities), s.tokens or None, s.image)
-            for s in samples]
+    return [
+        Prediction(s.id, tuple(e.with_(source="tagger") for e in s.entities), s.tokens or None, s.image)
+        for s in samples
+    ]
 
 
 def pick_ids(samples: list[Sample], ids: list[str], path: str | Path) -> list[Sample]:
@@ -122,8 +131,9 @@ def iter_samples(path: str | Path) -> Iterator[Sample]:
     is a Twitter-GMNER split when its token lines carry tags; otherwise its kind comes from its lines."""
     path = Path(path)
     if path.is_file() and path.suffix in (".txt", ".conll") and is_riveg(path):
-        raise DataError("a RiVEG file holds entities, not the posts' text: give the posts (a split, JSONL or UnCo "
-                        "JSON)", path)
+        raise DataError(
+            "a RiVEG file holds entities, not the posts' text: give the posts (a split, JSONL or UnCo JSON)", path
+        )
     kind = _unlabeled_kind(path) if path.is_file() and path.suffix not in (".jsonl", ".json") else None
     if kind == "columns" and _tagged(path):
         yield from iter_twitter(path)
@@ -137,8 +147,9 @@ def iter_samples(path: str | Path) -> Iterator[Sample]:
 
 def _tagged(path: Path) -> bool:
     """True when most token lines of a token-per-line file have a second (tag) column."""
-    lines = [ln for _, ln in itertools.islice(text_lines(path), PEEK_LINES)
-             if ln.strip() and not ln.startswith("IMGID:")]
+    lines = [
+        ln for _, ln in itertools.islice(text_lines(path), PEEK_LINES) if ln.strip() and not ln.startswith("IMGID:")
+    ]
     return sum(len(ln.split("\t") if "\t" in ln else ln.split()) >= 2 for ln in lines) >= 0.5 * max(1, len(lines))
 
 
@@ -156,8 +167,11 @@ def load_unlabeled(path: str | Path) -> list[Sample]:
     elif kind == "columns":
         posts = read_token_columns(path)
     elif kind == "text":
-        posts = [Sample(f"unlabeled-{n}", tuple(tokenize(line.strip())), raw_text=line.strip())
-                 for n, line in text_lines(path) if line.strip()]
+        posts = [
+            Sample(f"unlabeled-{n}", tuple(tokenize(line.strip())), raw_text=line.strip())
+            for n, line in text_lines(path)
+            if line.strip()
+        ]
     else:
         posts = [s.with_(entities=()) for s in load_samples(path)]
     if not posts:  # self-training on nothing would quietly train the plain model
@@ -208,8 +222,9 @@ def output_format(path: str | Path, fmt: str | None = None) -> str:
         return "twitter"
     if not path.suffix or path.is_dir():
         return "ccks"
-    raise DataError(f"cannot tell the output format from {path.suffix!r}: use .jsonl, .txt, a folder for CCKS, "
-                    "or --to", path)
+    raise DataError(
+        f"cannot tell the output format from {path.suffix!r}: use .jsonl, .txt, a folder for CCKS, or --to", path
+    )
 
 
 def save_samples(samples: list[Sample], path: str | Path, fmt: str | None = None, overwrite: bool = True) -> None:
@@ -233,6 +248,17 @@ def save_samples(samples: list[Sample], path: str | Path, fmt: str | None = None
 
 
 __all__ = [
-    "Dataset", "FORMATS", "detect_format", "iter_samples", "load_predictions", "pick_ids", "load_dataset", "load_samples", "load_unlabeled", "read_ids",
-    "output_format", "read_predictions", "save_samples",
+    "Dataset",
+    "FORMATS",
+    "detect_format",
+    "iter_samples",
+    "load_predictions",
+    "pick_ids",
+    "load_dataset",
+    "load_samples",
+    "load_unlabeled",
+    "read_ids",
+    "output_format",
+    "read_predictions",
+    "save_samples",
 ]

@@ -48,7 +48,7 @@ def find_ccks_files(folder: Path) -> tuple[Path, Path | None, Path | None]:
         elif isinstance(first, list) and entity_json is None:
             entity_json = p
     if text_json is None:
-        raise DataError("no text JSON ({id: {\"text\": ...}}) in this CCKS folder", folder)
+        raise DataError('no text JSON ({id: {"text": ...}}) in this CCKS folder', folder)
     image_dir = next((d for d in sorted(folder.iterdir()) if d.is_dir() and _has_images(d)), None)
     return text_json, entity_json, image_dir
 
@@ -82,7 +82,7 @@ def read_ccks(folder: str | Path) -> tuple[list[Sample], Counter]:
     samples = []
     for sid, rec in texts.items():
         if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-            raise DataError("expected {\"text\": ...}", text_json, sample=sid)
+            raise DataError('expected {"text": ...}', text_json, sample=sid)
         entries = ents.get(sid, [])
         if not isinstance(entries, list):
             raise DataError(f"expected a list of entities, got {type(entries).__name__}", entity_json, sample=sid)
@@ -118,7 +118,9 @@ def _sample(sid: str, text: str, entries: list, path: Path, report: Counter) -> 
     for s, e, name in mentions:
         start, end = token_span(offsets, s, e)
         label = by_name[name]
-        entities.append(Entity(text=name, type=label, start=start, end=end, boxes=tuple(boxes[(name, label)]), source="gold"))
+        entities.append(
+            Entity(text=name, type=label, start=start, end=end, boxes=tuple(boxes[(name, label)]), source="gold")
+        )
     report["entities"] += len(entities)
     return Sample(id=sid, tokens=tuple(t for t, _, _ in offsets), entities=tuple(entities), raw_text=text)
 
@@ -143,7 +145,7 @@ def surface_text(sample: Sample, ent: Entity) -> str:
     if sample.raw_text is None or not ent.has_span:
         return ent.text
     offsets = _align(sample.raw_text, sample.tokens)
-    return sample.raw_text[offsets[ent.start][1]:offsets[ent.end - 1][2]]
+    return sample.raw_text[offsets[ent.start][1] : offsets[ent.end - 1][2]]
 
 
 def _align(text: str, tokens: tuple[str, ...]) -> list[tuple[str, int, int]]:

@@ -6,11 +6,12 @@ import base64
 import hashlib
 import io
 import math
-import warnings
-from dataclasses import dataclass
 import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Callable, Sequence
+from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -92,8 +93,9 @@ def open_image(path: str | Path | IO[bytes], max_pixels: int = MAX_PIXELS) -> Im
         raise DataError(f"corrupt image: {exc}", path) from None
 
 
-def qwen25_frame(size: tuple[int, int], factor: int = 28, min_pixels: int = 56 * 56,
-                 max_pixels: int = 12_845_056) -> tuple[int, int]:
+def qwen25_frame(
+    size: tuple[int, int], factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 12_845_056
+) -> tuple[int, int]:
     """The (width, height) Qwen2.5-VL's processor resizes an image to (its ``smart_resize``): sides
     rounded to multiples of 28 and the pixel count kept within min/max; it answers boxes in this frame."""
     w, h = size
@@ -118,8 +120,12 @@ def sent_size(size: tuple[int, int], max_side: int, multiple_of: int | None = No
     return nw, nh
 
 
-def prepare_image(image: Image.Image | str | Path, max_side: int = 1000, multiple_of: int | None = None,
-                  frame: Callable[[tuple[int, int]], tuple[int, int]] | None = None) -> SentImage:
+def prepare_image(
+    image: Image.Image | str | Path,
+    max_side: int = 1000,
+    multiple_of: int | None = None,
+    frame: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
+) -> SentImage:
     """Resize (never enlarge past max_side, then into a model's own frame), encode as JPEG and keep the scale."""
     im = image if isinstance(image, Image.Image) else open_image(image)
     im = im.convert("RGB")

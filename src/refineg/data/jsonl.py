@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Iterator, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -108,8 +109,9 @@ def _box(raw: tuple, path: Path, lineno: int, sid: str) -> Box:
     return box
 
 
-def _entity(raw: _EntityRecord, tokens: tuple[str, ...] | None, path: Path, lineno: int, sid: str,
-            default_source: str) -> Entity:
+def _entity(
+    raw: _EntityRecord, tokens: tuple[str, ...] | None, path: Path, lineno: int, sid: str, default_source: str
+) -> Entity:
     start, end = raw.start, raw.end
     if (start is None) != (end is None):
         raise DataError("an entity needs both start and end, or neither", path, lineno, sid)
@@ -131,8 +133,16 @@ def _entity(raw: _EntityRecord, tokens: tuple[str, ...] | None, path: Path, line
     if source not in _SOURCES and default_source == "gold":
         raise DataError(f"unknown source {source!r} (one of {', '.join(sorted(_SOURCES))})", path, lineno, sid)
     boxes = tuple(_box(b, path, lineno, sid) for b in raw.boxes or [])
-    return Entity(text=text, type=raw.type, start=start, end=end, boxes=boxes, score=raw.score, source=source,
-                  decision=raw.decision)
+    return Entity(
+        text=text,
+        type=raw.type,
+        start=start,
+        end=end,
+        boxes=boxes,
+        score=raw.score,
+        source=source,
+        decision=raw.decision,
+    )
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict, _Record, str]]:
@@ -165,8 +175,15 @@ def iter_jsonl(path: str | Path) -> Iterator[Sample]:
             tokens = tuple(tokenize(rec.text))
         ents = tuple(_entity(e, tokens, path, lineno, sid, "gold") for e in rec.entities or [])
         size = (rec.width, rec.height) if rec.width and rec.height else None
-        yield Sample(id=sid, tokens=tokens, entities=ents, image=rec.image, image_size=size,
-                     raw_text=rec.text, meta={k: v for k, v in obj.items() if k not in _SAMPLE_KEYS})
+        yield Sample(
+            id=sid,
+            tokens=tokens,
+            entities=ents,
+            image=rec.image,
+            image_size=size,
+            raw_text=rec.text,
+            meta={k: v for k, v in obj.items() if k not in _SAMPLE_KEYS},
+        )
 
 
 def read_posts(path: str | Path) -> list[Sample]:
@@ -206,11 +223,18 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     for lineno, obj, rec, sid in _records(path):
         tokens = tuple(rec.tokens) if rec.tokens is not None else None
         ents = tuple(_entity(e, tokens, path, lineno, sid, "tagger") for e in rec.entities or [])
-        out.append(Prediction(
-            id=sid, entities=ents, tokens=tokens, image=rec.image, missing_score=rec.missing_score,
-            delegated=rec.delegated, maybe_missing=rec.maybe_missing,
-            meta={k: v for k, v in obj.items() if k not in _PRED_KEYS},
-        ))
+        out.append(
+            Prediction(
+                id=sid,
+                entities=ents,
+                tokens=tokens,
+                image=rec.image,
+                missing_score=rec.missing_score,
+                delegated=rec.delegated,
+                maybe_missing=rec.maybe_missing,
+                meta={k: v for k, v in obj.items() if k not in _PRED_KEYS},
+            )
+        )
     return out
 
 

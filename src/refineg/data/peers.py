@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..errors import DataError
 from ..types import Box, Entity, Prediction, Sample
+from .labelstudio import is_export
 from .textio import atomic_open, read_text, text_lines
 
 # their type names against ours: MISC is what UnCo's label dictionary calls OTHER
@@ -30,8 +32,10 @@ TO_UNCO = {"OTHER": "MISC"}
 FROM_UNCO = {"MISC": "OTHER"}
 IMAGE_SUFFIX = re.compile(r"\.(?:jpe?g|png|gif|bmp|webp)$", re.I)
 # IMAGE###text(TYPE)###description###flag[###&[box]&[box]...]; a text or description may hold "#" itself
-_RIVEG_LINE = re.compile(r"^(?P<image>[^#\s]+(?:#\d+)?)###(?P<text>.*?)\((?P<type>[^()#]+)\)###(?P<desc>.*)###"
-                         r"(?P<flag>\d+)(?:###(?P<boxes>&.*))?$")
+_RIVEG_LINE = re.compile(
+    r"^(?P<image>[^#\s]+(?:#\d+)?)###(?P<text>.*?)\((?P<type>[^()#]+)\)###(?P<desc>.*)###"
+    r"(?P<flag>\d+)(?:###(?P<boxes>&.*))?$"
+)
 
 
 def sample_id(image_id: str) -> str:
@@ -43,10 +47,14 @@ def sample_id(image_id: str) -> str:
 
 
 def json_kind(path: Path) -> str:
-    """``unco`` (a JSON list), ``ccks-json`` (one JSON object of lists by id) or ``jsonl`` (a line per object)."""
+    """``unco`` or ``label-studio`` (a JSON list: posts, or exported tasks), ``ccks-json`` (one JSON object of
+    lists by id) or ``jsonl`` (a line per object)."""
     head = read_text(path).lstrip()[:1]
     if head == "[":
-        return "unco"
+        try:
+            return "label-studio" if is_export(json.loads(read_text(path))) else "unco"
+        except ValueError:
+            return "unco"  # broken JSON: the UnCo reader says where
     if head == "{":
         try:
             whole = json.loads(read_text(path))
@@ -92,8 +100,9 @@ def read_unco(path: str | Path) -> tuple[list[Sample], str]:
         if not isinstance(rows, list):
             raise DataError(f"{where}: {key} must be a list", path, sample=image_id)
         source = "gold" if key == "gt_entities" else "tagger"
-        entities = _grouped([_unco_row(r, tokens, path, f"{where}.{key}[{n}]", image_id) for n, r in enumerate(rows)],
-                            source)
+        entities = _grouped(
+            [_unco_row(r, tokens, path, f"{where}.{key}[{n}]", image_id) for n, r in enumerate(rows)], source
+        )
         samples.append(Sample(sample_id(image_id), tuple(tokens), tuple(entities), image=image_id))
     if len(kinds) > 1:
         raise DataError("mixes gt_entities and pre_entities: a file is gold or predictions", path)
@@ -107,8 +116,9 @@ def _unco_row(row: Any, tokens: list[str], path: Path, where: str, sid: str) -> 
         raise DataError(f"{where}: an entity row must be a JSON object", path, sample=sid)
     start, end, etype = row.get("start"), row.get("end"), row.get("entity_type")
     if not (_int(start) and _int(end) and 0 <= start <= end):
-        raise DataError(f"{where}: start and end must be whole numbers, start <= end (got {start!r}, {end!r})", path,
-                        sample=sid)
+        raise DataError(
+            f"{where}: start and end must be whole numbers, start <= end (got {start!r}, {end!r})", path, sample=sid
+        )
     if tokens and end >= len(tokens):
         raise DataError(f"{where}: end {end} is past the post's {len(tokens)} tokens", path, sample=sid)
     if not isinstance(etype, str) or not etype:
@@ -116,10 +126,15 @@ def _unco_row(row: Any, tokens: list[str], path: Path, where: str, sid: str) -> 
     raw = row.get("region_box")
     if raw is None and "mapping_regions" in row:  # UnCo's other way: an index into its candidate regions
         region, candidates = row.get("region"), row.get("mapping_regions")
-        raw = [] if region == 0 else candidates[region - 1] if _int(region) and isinstance(candidates, list) and \
-            0 < region <= len(candidates) else None
+        raw = (
+            []
+            if region == 0
+            else candidates[region - 1]
+            if _int(region) and isinstance(candidates, list) and 0 < region <= len(candidates)
+            else None
+        )
     box = _box(raw if raw is not None else [], path, where, sid)
-    text = row.get("phrase") if isinstance(row.get("phrase"), str) else " ".join(tokens[start:end + 1])
+    text = row.get("phrase") if isinstance(row.get("phrase"), str) else " ".join(tokens[start : end + 1])
     return start, end + 1, FROM_UNCO.get(etype, etype), text, box
 
 
@@ -170,9 +185,11 @@ def write_ccks_json(items: Iterable[Sample | Prediction], path: str | Path) -> N
     """Entities as a CCKS submission JSON: one item per box (``bnd`` null for an entity with none)."""
     out = {}
     for item in items:
-        out[item.id] = [{"name": e.text, "label": e.type, "bnd": dict(zip(("xmin", "ymin", "xmax", "ymax"), _numbers(b)))}
-                        for e in item.entities for b in e.boxes] + \
-                       [{"name": e.text, "label": e.type, "bnd": None} for e in item.entities if not e.boxes]
+        out[item.id] = [
+            {"name": e.text, "label": e.type, "bnd": dict(zip(("xmin", "ymin", "xmax", "ymax"), _numbers(b)))}
+            for e in item.entities
+            for b in e.boxes
+        ] + [{"name": e.text, "label": e.type, "bnd": None} for e in item.entities if not e.boxes]
     with atomic_open(path) as fh:
         json.dump(out, fh, ensure_ascii=False, indent=1)
 
@@ -191,8 +208,14 @@ def read_riveg(path: str | Path, source: str = "gold") -> list[Sample]:
         if not m:
             raise DataError("a RiVEG line is IMAGE###text(TYPE)###description###flag[###&[box]...]", path, lineno)
         image = m["image"].removeprefix("Imageid:").split("#")[0]
-        boxes = [_box(_riveg_numbers(b, path, lineno), path, f"line {lineno}", image)
-                 for b in (m["boxes"] or "").split("&")[1:]] if int(m["flag"]) else []
+        boxes = (
+            [
+                _box(_riveg_numbers(b, path, lineno), path, f"line {lineno}", image)
+                for b in (m["boxes"] or "").split("&")[1:]
+            ]
+            if int(m["flag"])
+            else []
+        )
         if image not in by_image:
             order.append(image)
             by_image[image] = []
@@ -235,16 +258,21 @@ def _grouped(rows: list[tuple], source: str) -> list[Entity]:
             boxes[key], texts[key] = [], text
         if box is not None:
             boxes[key].append(box)
-    return [Entity(texts[k], k[1], *(k[0] if len(k[0]) == 2 else (None, None)), boxes=tuple(boxes[k]), source=source)
-            for k in order]
+    return [
+        Entity(texts[k], k[1], *(k[0] if len(k[0]) == 2 else (None, None)), boxes=tuple(boxes[k]), source=source)
+        for k in order
+    ]
 
 
 def _box(raw: Any, path: Path, where: str, sid: str) -> Box | None:
     """A box of four finite numbers, None for an empty list (no box); DataError otherwise."""
     if isinstance(raw, list) and not raw:
         return None
-    if not (isinstance(raw, list) and len(raw) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                          and math.isfinite(v) for v in raw)):
+    if not (
+        isinstance(raw, list)
+        and len(raw) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in raw)
+    ):
         raise DataError(f"{where}: a box must be four finite numbers or [], got {raw!r}", path, sample=sid)
     return Box(*(float(v) for v in raw))
 

@@ -13,9 +13,9 @@ import shutil
 import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import DataError
 from ..types import Box, Entity, Sample
@@ -64,8 +64,11 @@ def read_voc(path: Path) -> VocAnnotation:
         try:
             size = (int(_finite(w)), int(_finite(h)))
         except (TypeError, ValueError):
-            raise DataError(f"image size must be numbers, got width {w!r} and height {h!r}", path,
-                            _line_of(text, text.find("<size"))) from None
+            raise DataError(
+                f"image size must be numbers, got width {w!r} and height {h!r}",
+                path,
+                _line_of(text, text.find("<size")),
+            ) from None
         if size[0] < 0 or size[1] < 0:
             raise DataError(f"negative image size {size}", path, _line_of(text, text.find("<size")))
     box_lines = [_line_of(text, m.start()) for m in re.finditer(r"<bndbox\b", text)]
@@ -79,7 +82,9 @@ def read_voc(path: Path) -> VocAnnotation:
             raise DataError(f"object {name!r} has a missing, non-numeric or non-finite bndbox", path, line) from None
         box = Box(*coords)
         if box.is_degenerate:
-            raise DataError(f"object {name!r} has a degenerate box {box.as_list()} (xmin >= xmax or ymin >= ymax)", path, line)
+            raise DataError(
+                f"object {name!r} has a degenerate box {box.as_list()} (xmin >= xmax or ymin >= ymax)", path, line
+            )
         objects.append((name, box))
     return VocAnnotation(size, tuple(objects))
 
@@ -115,16 +120,16 @@ def _parse_conll(path: Path, types: tuple[str, ...] | None):
 
 
 def read_token_columns(path: str | Path) -> list[Sample]:
-    """Posts of a token-per-line file (blank lines between posts, an optional ``IMGID:`` line naming a post,
-    any tag columns ignored): a Twitter-GMNER split with or without its tags, or plain CoNLL. Unnamed posts
-    are ``unlabeled-LINE`` (the line of their first token)."""
+    """Posts of a token-per-line file (blank lines between posts, an optional ``IMGID:`` line naming a post and
+    its image ``ID.jpg``, any tag columns ignored): a Twitter-GMNER split with or without its tags, or plain CoNLL.
+    Unnamed posts are ``unlabeled-LINE`` (the line of their first token)."""
     path = Path(path)
     posts: list[Sample] = []
     sid, tokens, first = None, [], 0
 
     def close() -> None:
-        if tokens:
-            posts.append(Sample(sid or f"unlabeled-{first}", tuple(tokens)))
+        if tokens:  # a post named by IMGID has that image, as in a Twitter-GMNER split
+            posts.append(Sample(sid or f"unlabeled-{first}", tuple(tokens), image=f"{sid}.jpg" if sid else None))
 
     for lineno, line in text_lines(path):
         if line.startswith("IMGID:") or not line.strip():
@@ -144,8 +149,9 @@ def read_twitter(path: str | Path, types: tuple[str, ...] | None = TWITTER_TYPES
     return list(iter_twitter(path, types, report)), report
 
 
-def iter_twitter(path: str | Path, types: tuple[str, ...] | None = TWITTER_TYPES,
-                 report: Counter | None = None) -> Iterator[Sample]:
+def iter_twitter(
+    path: str | Path, types: tuple[str, ...] | None = TWITTER_TYPES, report: Counter | None = None
+) -> Iterator[Sample]:
     """The samples of a Twitter-GMNER split file one at a time, with their boxes; what was odd goes to report."""
     path = Path(path)
     if not path.is_file():
@@ -174,7 +180,10 @@ def _sample_from(sid: str, tokens: list[str], tags: list[str], voc: VocAnnotatio
     report["xml_objects"] += len(objects)
     report["xml_objects_unmatched"] += sum(1 for name, _ in objects if name not in counts)
     return Sample(
-        id=sid, tokens=tuple(tokens), entities=tuple(entities), image=f"{sid}.jpg",
+        id=sid,
+        tokens=tuple(tokens),
+        entities=tuple(entities),
+        image=f"{sid}.jpg",
         image_size=voc.size if voc else None,
     )
 

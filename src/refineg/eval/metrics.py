@@ -10,8 +10,8 @@ is matched on its whitespace-normalised text within its sample.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..types import Box, Entity, Prediction, Sample
 
@@ -42,8 +42,14 @@ class PRF:
 
     def as_dict(self) -> dict:
         """Fractions plus the raw counts."""
-        return {"precision": self.precision, "recall": self.recall, "f1": self.f1,
-                "tp": self.tp, "pred": self.n_pred, "gold": self.n_gold}
+        return {
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "tp": self.tp,
+            "pred": self.n_pred,
+            "gold": self.n_gold,
+        }
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,12 @@ def swapped_hint(gold: Sequence[Sample], preds: Sequence[Prediction]) -> str | N
     predicted = [e for s in gold for e in s.entities if e.score is not None or e.source in ("tagger", "mllm")]
     if not predicted:
         return None
-    plain = bool(preds) and all(e.source == "gold" for p in preds for e in p.entities) and any(p.entities for p in preds)
-    what = "and PRED looks like gold: were they given the wrong way round (evaluate GOLD PRED)?" if plain else \
-        "is it a predictions file? evaluate takes GOLD first, then PRED"
+    plain = (
+        bool(preds) and all(e.source == "gold" for p in preds for e in p.entities) and any(p.entities for p in preds)
+    )
+    what = (
+        "and PRED looks like gold: were they given the wrong way round (evaluate GOLD PRED)?"
+        if plain
+        else "is it a predictions file? evaluate takes GOLD first, then PRED"
+    )
     return f"{len(predicted)} entities of GOLD carry a score or a tagger/MLLM source, {what}"

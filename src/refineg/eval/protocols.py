@@ -12,8 +12,8 @@ repositories is used or copied; docs/comparing.md explains the differences with 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -66,8 +66,10 @@ def _unco_rows(entities: Sequence[Entity], sid: str, gold: bool) -> list[_Row]:
         etype = UNCO_NAMES.get(e.type, e.type)
         if etype not in UNCO_LABELS:
             if gold:  # their evaluator fails on such gold (a KeyError at evaluator.py:252)
-                raise DataError(f"the unco protocol knows the types {', '.join(UNCO_LABELS)} (and OTHER), not "
-                                f"{e.type!r}", sample=sid)
+                raise DataError(
+                    f"the unco protocol knows the types {', '.join(UNCO_LABELS)} (and OTHER), not {e.type!r}",
+                    sample=sid,
+                )
             continue  # a prediction of another type is left out, unseen (evaluator.py:74-75)
         rows += [_Row(e.start, e.end - 1, etype, b) for b in e.boxes] or [_Row(e.start, e.end - 1, etype, None)]
     return rows
@@ -101,8 +103,14 @@ def _unco_slots(gold: list[_Row], pred: list[_Row], typed: bool, regions: bool) 
             continue
         # else the first gold row of the same span (types not compared) whose box it hits (evaluator.py:206-213),
         # or none at all (evaluator.py:214-215)
-        hit = next((n + 1 for n, q in enumerate(gold) if q.box is not None and (q.start, q.end) == (r.start, r.end)
-                    and _iou32(r.box, q.box) >= UNCO_IOU), UNMATCHED)
+        hit = next(
+            (
+                n + 1
+                for n, q in enumerate(gold)
+                if q.box is not None and (q.start, q.end) == (r.start, r.end) and _iou32(r.box, q.box) >= UNCO_IOU
+            ),
+            UNMATCHED,
+        )
         p.append((key(r), hit))
     gold_set, pred_set = set(g), set(p)
     # collect(): a prediction that is not gold, but has the span and type of a gold row, adds (span, type, 0)
@@ -159,14 +167,26 @@ def riveg_scores(gold: Sequence[Sample], preds: Sequence[Prediction]) -> dict[st
     return out
 
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
-    Protocol("hindex", "Twitter-GMNER's own (Yu et al., 2023): span and type exact, every predicted box IoU > 0.5 "
-             "with a gold box, one-to-one", hindex_scores),
-    Protocol("unco", "UnCo / ReFineG / SAKE's evaluator.py: a row per box, IoU >= 0.5, empty posts dropped from "
-             "GMNER and EEG, a wrong box two false positives", unco_scores),
-    Protocol("riveg", "RiVEG's statistic.py: lines matched by text, IoU >= 0.5, precision over lines",
-             riveg_scores),
-)}
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Protocol(
+            "hindex",
+            "Twitter-GMNER's own (Yu et al., 2023): span and type exact, every predicted box IoU > 0.5 "
+            "with a gold box, one-to-one",
+            hindex_scores,
+        ),
+        Protocol(
+            "unco",
+            "UnCo / ReFineG / SAKE's evaluator.py: a row per box, IoU >= 0.5, empty posts dropped from "
+            "GMNER and EEG, a wrong box two false positives",
+            unco_scores,
+        ),
+        Protocol(
+            "riveg", "RiVEG's statistic.py: lines matched by text, IoU >= 0.5, precision over lines", riveg_scores
+        ),
+    )
+}
 
 
 def protocol(name: str) -> Protocol:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..data.images import SentImage
 from ..eval.metrics import normalise
@@ -24,7 +24,9 @@ MAX_BOXES = 4  # per entity: a bound for constrained decoding
 def instructions(family: Family, typeset: TypeSet) -> tuple[Template, str]:
     """The family's grounding template and its filled-in instruction text."""
     prompt = template(family.template)
-    return prompt, prompt.render(coords=family.convention.describe(), rules=box_rules(), types=typeset.describe()).strip()
+    return prompt, prompt.render(
+        coords=family.convention.describe(), rules=box_rules(), types=typeset.describe()
+    ).strip()
 
 
 def schema(entities: Sequence[Entity]) -> dict:
@@ -35,11 +37,19 @@ def schema(entities: Sequence[Entity]) -> dict:
         "type": "object",
         "properties": {
             "reasoning": {"type": "string", "maxLength": 600},
-            "entities": {"type": "array", "maxItems": len(entities), "items": {
-                "type": "object",
-                "properties": {"text": {"enum": texts}, "type": {"type": "string"},
-                               "boxes": {"type": "array", "items": box, "maxItems": MAX_BOXES}},
-                "required": ["text", "boxes"]}},
+            "entities": {
+                "type": "array",
+                "maxItems": len(entities),
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "text": {"enum": texts},
+                        "type": {"type": "string"},
+                        "boxes": {"type": "array", "items": box, "maxItems": MAX_BOXES},
+                    },
+                    "required": ["text", "boxes"],
+                },
+            },
         },
         "required": ["entities"],
     }
@@ -50,9 +60,14 @@ def _answer(entities: Sequence[Entity], image: SentImage, family: Family) -> str
     return family.render([(e.text, e.type, [conv.from_original(b, image) for b in e.boxes]) for e in entities])
 
 
-def build_request(query: Sample, entities: Sequence[Entity], image: SentImage,
-                  demos: Sequence[tuple[Sample, SentImage]], family: Family = GENERIC,
-                  typeset: TypeSet | None = None) -> LLMRequest:
+def build_request(
+    query: Sample,
+    entities: Sequence[Entity],
+    image: SentImage,
+    demos: Sequence[tuple[Sample, SentImage]],
+    family: Family = GENERIC,
+    typeset: TypeSet | None = None,
+) -> LLMRequest:
     """One multimodal request in the family's dialect: K demos (image, post, gold answer), then the query."""
     prompt, text = instructions(family, typeset or load_typeset("twitter"))
     content: list[dict] = [{"type": "text", "text": text}]
@@ -67,13 +82,22 @@ def build_request(query: Sample, entities: Sequence[Entity], image: SentImage,
     content += [
         {"type": "text", "text": f"Now the post to answer. Image ({w}x{h} pixels):"},
         image_part(image),
-        {"type": "text", "text": f"Post: {query.text}\nEntities to locate:\n{entity_lines(entities)}\n"
-                                 "Ground exactly these entities; do not add, drop or rename any. "
-                                 "Answer in the format asked for above."},
+        {
+            "type": "text",
+            "text": f"Post: {query.text}\nEntities to locate:\n{entity_lines(entities)}\n"
+            "Ground exactly these entities; do not add, drop or rename any. "
+            "Answer in the format asked for above.",
+        },
     ]
     req_schema = schema(entities) if family.style == "json" else None  # a native dialect is not JSON of ours
-    return LLMRequest("grounding", f"{prompt.name}:{family.name}", prompt.version,
-                      [{"role": "user", "content": content}], req_schema, query.id)
+    return LLMRequest(
+        "grounding",
+        f"{prompt.name}:{family.name}",
+        prompt.version,
+        [{"role": "user", "content": content}],
+        req_schema,
+        query.id,
+    )
 
 
 def parse(text: str, family: Family = GENERIC, image: SentImage | None = None) -> Reading:
@@ -92,8 +116,11 @@ def _match(label: str, keys: list[str]) -> list[int]:
     exact = [i for i, k in enumerate(keys) if k == lab]
     if exact or not lab:
         return exact
-    contained = [i for i, k in enumerate(keys) if k and (re.search(rf"\b{re.escape(k)}\b", lab)
-                                                          or re.search(rf"\b{re.escape(lab)}\b", k))]
+    contained = [
+        i
+        for i, k in enumerate(keys)
+        if k and (re.search(rf"\b{re.escape(k)}\b", lab) or re.search(rf"\b{re.escape(lab)}\b", k))
+    ]
     if contained:
         best = max(len(keys[i]) for i in contained)
         return [i for i in contained if len(keys[i]) == best]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from pydantic import BaseModel, Field
 
@@ -51,37 +51,75 @@ class CombinedAnswer:
 def schema(types: Sequence[str], max_items: int) -> dict:
     """Reasoning first, then at most max_items entities of our types, each with at most MAX_BOXES boxes."""
     box = {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
-    item = {"type": "object", "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 200},
-                                             "type": {"enum": list(types)},
-                                             "boxes": {"type": "array", "items": box, "maxItems": MAX_BOXES}},
-            "required": ["text", "type", "boxes"]}
-    return {"type": "object", "properties": {"reasoning": {"type": "string", "maxLength": refine.REASONING_CHARS},
-                                             "entities": {"type": "array", "items": item, "maxItems": max_items}},
-            "required": ["reasoning", "entities"]}
+    item = {
+        "type": "object",
+        "properties": {
+            "text": {"type": "string", "minLength": 1, "maxLength": 200},
+            "type": {"enum": list(types)},
+            "boxes": {"type": "array", "items": box, "maxItems": MAX_BOXES},
+        },
+        "required": ["text", "type", "boxes"],
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "reasoning": {"type": "string", "maxLength": refine.REASONING_CHARS},
+            "entities": {"type": "array", "items": item, "maxItems": max_items},
+        },
+        "required": ["reasoning", "entities"],
+    }
 
 
-def build_request(sample: Sample, pred: Prediction, image: SentImage, demos: Sequence[tuple[Sample, SentImage]],
-                  typeset: TypeSet, family: Family = GENERIC) -> LLMRequest:
-    """One request: the demos (image, post, gold entities with boxes), then the post with its KEPT and UNCERTAIN entities."""
+def build_request(
+    sample: Sample,
+    pred: Prediction,
+    image: SentImage,
+    demos: Sequence[tuple[Sample, SentImage]],
+    typeset: TypeSet,
+    family: Family = GENERIC,
+) -> LLMRequest:
+    """One request: the demos (image, post, gold entities with boxes), then the post with its KEPT and UNCERTAIN
+    entities."""
     prompt = template(TEMPLATE)
     missing = refine.asks_for_additions(pred)
-    text = prompt.render(domain=typeset.domain, types=typeset.describe(), rules=box_rules(), task=refine.task_text(pred),
-                         coords=family.convention.describe(), type_names=", ".join(typeset.names)).strip()
+    text = prompt.render(
+        domain=typeset.domain,
+        types=typeset.describe(),
+        rules=box_rules(),
+        task=refine.task_text(pred),
+        coords=family.convention.describe(),
+        type_names=", ".join(typeset.names),
+    ).strip()
     conv = family.convention
     content: list[dict] = [{"type": "text", "text": text}]
     for k, (demo, demo_image) in enumerate(demos, 1):
-        answer = {"entities": [{"text": e.text, "type": e.type, "boxes": [conv.from_original(b, demo_image) for b in e.boxes]}
-                               for e in demo.entities]}
+        answer = {
+            "entities": [
+                {"text": e.text, "type": e.type, "boxes": [conv.from_original(b, demo_image) for b in e.boxes]}
+                for e in demo.entities
+            ]
+        }
         w, h = demo_image.sent_size
-        content += [{"type": "text", "text": f"Example {k}. Image ({w}x{h} pixels):"}, image_part(demo_image),
-                    {"type": "text", "text": f"Post: {demo.text}\nAnswer: {json.dumps(answer, ensure_ascii=False)}"}]
+        content += [
+            {"type": "text", "text": f"Example {k}. Image ({w}x{h} pixels):"},
+            image_part(demo_image),
+            {"type": "text", "text": f"Post: {demo.text}\nAnswer: {json.dumps(answer, ensure_ascii=False)}"},
+        ]
     w, h = image.sent_size
-    content += [{"type": "text", "text": f"Now the post to answer. Image ({w}x{h} pixels):"}, image_part(image),
-                {"type": "text", "text": f"POST: {sample.text}\nEntities found by the tagger:\n"
-                                         + refine.entity_lines(pred)}]
+    content += [
+        {"type": "text", "text": f"Now the post to answer. Image ({w}x{h} pixels):"},
+        image_part(image),
+        {"type": "text", "text": f"POST: {sample.text}\nEntities found by the tagger:\n" + refine.entity_lines(pred)},
+    ]
     max_items = len(pred.entities) + (3 if missing else 1)
-    return LLMRequest("combined", f"{prompt.name}:{family.name}", prompt.version,
-                      [{"role": "user", "content": content}], schema(typeset.names, max_items), sample.id)
+    return LLMRequest(
+        "combined",
+        f"{prompt.name}:{family.name}",
+        prompt.version,
+        [{"role": "user", "content": content}],
+        schema(typeset.names, max_items),
+        sample.id,
+    )
 
 
 def parse(text: str, family: Family = GENERIC, image: SentImage | None = None) -> CombinedAnswer:
@@ -91,8 +129,14 @@ def parse(text: str, family: Family = GENERIC, image: SentImage | None = None) -
     return CombinedAnswer([refine.RefinedEntity(text=e.text, type=e.type) for e in entities], reading)
 
 
-def apply(sample: Sample, pred: Prediction, answer: CombinedAnswer, image: SentImage, types: tuple[str, ...],
-          family: Family = GENERIC) -> Outcome:
+def apply(
+    sample: Sample,
+    pred: Prediction,
+    answer: CombinedAnswer,
+    image: SentImage,
+    types: tuple[str, ...],
+    family: Family = GENERIC,
+) -> Outcome:
     """The merged prediction (kept entities untouched, uncertain ones corrected) with boxes from the same reply."""
     kept = {(normalise(e.text), e.type) for e in pred.entities if e.decision != "delegate"}
     counts: Counter = Counter()

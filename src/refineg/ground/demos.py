@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from ..config import RunConfig, default_cache_dir
 from ..data import load_samples, read_ids
@@ -46,8 +46,15 @@ class DemoIndex:
         else:
             notes.append("no image embedder (--clip): the image term of demo selection was dropped")
         g = cfg.ground
-        selector = DemoSelector.build(pool, sentence_embedder(), (cfg.llm.cache_dir or default_cache_dir()) / "embeddings",
-                                      image_vecs=image_vecs, weights=g.weights, type_bonus=g.type_bonus, k=g.k)
+        selector = DemoSelector.build(
+            pool,
+            sentence_embedder(),
+            (cfg.llm.cache_dir or default_cache_dir()) / "embeddings",
+            image_vecs=image_vecs,
+            weights=g.weights,
+            type_bonus=g.type_bonus,
+            k=g.k,
+        )
         return cls(selector, paths, run.clip, tuple(notes))
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -41,11 +41,15 @@ def entity_features(tokens: Sequence[str], entity: Entity, entities: Sequence[En
     """Sparse text features of one entity in its post (names are lower-cased)."""
     s, e = entity.start or 0, entity.end or 0
     words = [w.lower() for w in entity.text.split()]
-    feats: dict[str, float] = {f"type={entity.type}": 1.0, f"name={' '.join(words)}": 1.0,
-                               f"shape={_shape(entity.text)}": 1.0, f"len={min(len(words), 4)}": 1.0,
-                               f"n_entities={min(len(entities), 4)}": 1.0,
-                               f"type={entity.type}|n_entities={min(len(entities), 3)}": 1.0,
-                               f"position={'first' if s == 0 else 'early' if s < 4 else 'late'}": 1.0}
+    feats: dict[str, float] = {
+        f"type={entity.type}": 1.0,
+        f"name={' '.join(words)}": 1.0,
+        f"shape={_shape(entity.text)}": 1.0,
+        f"len={min(len(words), 4)}": 1.0,
+        f"n_entities={min(len(entities), 4)}": 1.0,
+        f"type={entity.type}|n_entities={min(len(entities), 3)}": 1.0,
+        f"position={'first' if s == 0 else 'early' if s < 4 else 'late'}": 1.0,
+    }
     for w in words:
         feats[f"word={w}"] = 1.0
     if 0 < s <= len(tokens):
@@ -91,7 +95,9 @@ class Groundability:
 
     def probability(self, tokens: Sequence[str], entity: Entity, entities: Sequence[Entity]) -> float:
         """P(entity is shown in the image)."""
-        z = self.intercept + sum(self.weights.get(k, 0.0) * v for k, v in entity_features(tokens, entity, entities).items())
+        z = self.intercept + sum(
+            self.weights.get(k, 0.0) * v for k, v in entity_features(tokens, entity, entities).items()
+        )
         return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
 
     def probabilities(self, tokens: Sequence[str], entities: Sequence[Entity]) -> list[float]:
@@ -103,7 +109,9 @@ class Groundability:
         return any(p >= self.threshold for p in self.probabilities(tokens, entities))
 
     @classmethod
-    def fit(cls, train: Sequence[Sample], dev: Sequence[Sample], target_recall: float = 0.97, c: float = 1.0) -> Groundability | None:
+    def fit(
+        cls, train: Sequence[Sample], dev: Sequence[Sample], target_recall: float = 0.97, c: float = 1.0
+    ) -> Groundability | None:
         """Fit on train's entities, calibrate the threshold on dev's; None when either set has no boxed entity."""
         from sklearn.feature_extraction import DictVectorizer
         from sklearn.linear_model import LogisticRegression
@@ -129,12 +137,20 @@ class Groundability:
         threshold = float(pos[k])
         auroc = float(roc_auc_score(labels, probs)) if 0 < labels.sum() < len(labels) else float("nan")
         posts = [s for s in dev if s.entities]
-        skipped = sum(1 for s in posts if not any(self.probability(s.tokens, e, s.entities) >= threshold for e in s.entities))
-        figures = {"auroc": round(auroc, 4), "recall_of_boxed_entities": round(float((probs[labels] >= threshold).mean()), 4),
-                   "entities": int(len(labels)), "boxed_entities": int(labels.sum()),
-                   "posts_with_entities": len(posts), "posts_skipped": skipped}
-        return Groundability(self.intercept, self.weights, threshold, target_recall, figures,
-                             tuple(round(float(p), 5) for p in pos))
+        skipped = sum(
+            1 for s in posts if not any(self.probability(s.tokens, e, s.entities) >= threshold for e in s.entities)
+        )
+        figures = {
+            "auroc": round(auroc, 4),
+            "recall_of_boxed_entities": round(float((probs[labels] >= threshold).mean()), 4),
+            "entities": int(len(labels)),
+            "boxed_entities": int(labels.sum()),
+            "posts_with_entities": len(posts),
+            "posts_skipped": skipped,
+        }
+        return Groundability(
+            self.intercept, self.weights, threshold, target_recall, figures, tuple(round(float(p), 5) for p in pos)
+        )
 
     def _scores(self, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
         probs, labels = [], []

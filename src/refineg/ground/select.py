@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -80,15 +80,29 @@ class DemoSelector:
     k: int = 3
 
     @classmethod
-    def build(cls, pool: Sequence[Sample], embed: Embed, cache_dir: Path | None = None, tag: str = "minilm",
-              image_vecs: np.ndarray | None = None, **kw) -> DemoSelector:
+    def build(
+        cls,
+        pool: Sequence[Sample],
+        embed: Embed,
+        cache_dir: Path | None = None,
+        tag: str = "minilm",
+        image_vecs: np.ndarray | None = None,
+        **kw,
+    ) -> DemoSelector:
         """Embed the pool's texts and entity names (cached on disk)."""
         texts = [s.text for s in pool]
         names = [e.text for s in pool for e in s.entities]
         owner = np.asarray([i for i, s in enumerate(pool) for _ in s.entities], dtype=np.int64)
         types = [e.type for s in pool for e in s.entities]
-        return cls(pool, cached_embeddings(embed, texts, cache_dir, tag + ":text"),
-                   cached_embeddings(embed, names, cache_dir, tag + ":entity"), owner, types, image_vecs, **kw)
+        return cls(
+            pool,
+            cached_embeddings(embed, texts, cache_dir, tag + ":text"),
+            cached_embeddings(embed, names, cache_dir, tag + ":entity"),
+            owner,
+            types,
+            image_vecs,
+            **kw,
+        )
 
     def entity_similarity(self, names: np.ndarray, types: list[str]) -> np.ndarray:
         """Per pool sample: sum over entity pairs of name cosine plus the bonus when types match."""
@@ -100,8 +114,13 @@ class DemoSelector:
         np.add.at(sim, self.entity_owner, (cos + bonus).sum(0))
         return sim
 
-    def scores(self, text_vec: np.ndarray, entity_vecs: np.ndarray, entity_types: list[str],
-               image_vec: np.ndarray | None = None) -> np.ndarray:
+    def scores(
+        self,
+        text_vec: np.ndarray,
+        entity_vecs: np.ndarray,
+        entity_types: list[str],
+        image_vec: np.ndarray | None = None,
+    ) -> np.ndarray:
         """The combined score of every pool sample for one query."""
         w_text, w_img, w_ent = self.weights
         total = w_text * minmax(_unit(self.text_vecs) @ _unit(text_vec))
@@ -110,7 +129,9 @@ class DemoSelector:
             total = total + w_img * minmax(_unit(self.image_vecs) @ _unit(image_vec))
         return total
 
-    def select(self, query: Sample, entities: Sequence[Entity], embed: Embed, image_vec: np.ndarray | None = None) -> list[int]:
+    def select(
+        self, query: Sample, entities: Sequence[Entity], embed: Embed, image_vec: np.ndarray | None = None
+    ) -> list[int]:
         """Indices of the top-K pool samples for a query (never the query itself)."""
         vecs = embed([query.text] + [e.text for e in entities])
         s = self.scores(vecs[0], vecs[1:], [e.type for e in entities], image_vec)
@@ -141,7 +162,7 @@ def clip_embedder(name_or_path: str) -> Callable[[list], np.ndarray]:
     def embed(images: list) -> np.ndarray:
         out = []
         for k in range(0, len(images), 32):
-            batch = processor(images=images[k:k + 32], return_tensors="pt")
+            batch = processor(images=images[k : k + 32], return_tensors="pt")
             out.append(model.get_image_features(**batch).numpy())
         return np.concatenate(out) if out else np.zeros((0, model.config.projection_dim))
 

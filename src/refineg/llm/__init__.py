@@ -4,8 +4,14 @@ family table or the prompts (the config, say) do not load the HTTP client."""
 
 __all__ = ["LLMClient", "LLMRequest", "LLMResult", "image_part", "last_json_object", "parse_answer"]
 
-_HOME = {"LLMClient": "client", "LLMRequest": "client", "LLMResult": "client", "image_part": "client",
-         "last_json_object": "jsonparse", "parse_answer": "jsonparse"}
+_HOME = {
+    "LLMClient": "client",
+    "LLMRequest": "client",
+    "LLMResult": "client",
+    "image_part": "client",
+    "last_json_object": "jsonparse",
+    "parse_answer": "jsonparse",
+}
 
 
 def __getattr__(name: str):

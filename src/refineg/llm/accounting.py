@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-COUNTERS = ("requests", "retries", "prompt_tokens", "completion_tokens", "cache_hits", "cache_misses",
-            "reasks", "truncated", "empty", "fallbacks", "failures")
+COUNTERS = (
+    "requests",
+    "retries",
+    "prompt_tokens",
+    "completion_tokens",
+    "cache_hits",
+    "cache_misses",
+    "reasks",
+    "truncated",
+    "empty",
+    "fallbacks",
+    "failures",
+)
 
 
 class Usage:
@@ -26,8 +37,10 @@ class Usage:
 
     def state(self) -> dict:
         """The raw counters, JSON-friendly: what another process adds with absorb()."""
-        return {"by_stage": {k: dict(v) for k, v in self.by_stage.items()},
-                "fallback_reasons": {k: dict(v) for k, v in self.fallback_reasons.items()}}
+        return {
+            "by_stage": {k: dict(v) for k, v in self.by_stage.items()},
+            "fallback_reasons": {k: dict(v) for k, v in self.fallback_reasons.items()},
+        }
 
     def absorb(self, state: dict) -> None:
         """Add the counters of another Usage's state() (the Ray engine sums its actors' this way)."""
@@ -45,8 +58,11 @@ class Usage:
         stages = {}
         for stage, c in sorted(self.by_stage.items()):
             row = {k: c[k] for k in COUNTERS}
-            row["cost"] = round(c["prompt_tokens"] / 1000 * price_prompt_per_1k
-                                + c["completion_tokens"] / 1000 * price_completion_per_1k, 6)
+            row["cost"] = round(
+                c["prompt_tokens"] / 1000 * price_prompt_per_1k
+                + c["completion_tokens"] / 1000 * price_completion_per_1k,
+                6,
+            )
             row["fallback_reasons"] = dict(self.fallback_reasons[stage])
             stages[stage] = row
         total = {k: self.total(k) for k in COUNTERS}

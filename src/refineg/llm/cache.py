@@ -31,8 +31,14 @@ def _strip_images(obj: Any) -> Any:
 def cache_key(model: str, messages: list, params: dict, template: str, version: str, scope: str = "") -> str:
     """A stable hash of everything that decides the reply; scope names the server (two servers serving one
     model name never share)."""
-    payload = {"model": model, "messages": _strip_images(messages), "params": params,
-               "template": template, "version": version, "base_url": scope.rstrip("/")}
+    payload = {
+        "model": model,
+        "messages": _strip_images(messages),
+        "params": params,
+        "template": template,
+        "version": version,
+        "base_url": scope.rstrip("/"),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -64,8 +70,9 @@ class ReplyCache:
             self._give_up(exc)
 
     def _give_up(self, exc: Exception) -> None:
-        log.warning("%s: the reply cache failed (%s: %s); this run goes on without it", self.folder,
-                    type(exc).__name__, exc)
+        log.warning(
+            "%s: the reply cache failed (%s: %s); this run goes on without it", self.folder, type(exc).__name__, exc
+        )
         self._cache = None
 
     def close(self) -> None:
@@ -81,6 +88,11 @@ def _opened(folder: Path) -> diskcache.Cache:
     except (sqlite3.DatabaseError, OSError) as exc:
         aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         os.replace(folder, aside)
-        log.warning("%s: the reply cache is damaged (%s: %s); set aside as %s, starting a new one", folder,
-                    type(exc).__name__, exc, aside)
+        log.warning(
+            "%s: the reply cache is damaged (%s: %s); set aside as %s, starting a new one",
+            folder,
+            type(exc).__name__,
+            exc,
+            aside,
+        )
         return diskcache.Cache(str(folder))

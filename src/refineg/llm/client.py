@@ -14,16 +14,16 @@ import random
 import re
 import threading
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
-
-from ..progress import tqdm
+from typing import Any, Generic, TypeVar
 
 from ..config import LLMConfig, api_key, default_cache_dir
 from ..data.images import SentImage, prepare_image
 from ..errors import ConfigError, LLMError, ParseError
+from ..progress import tqdm
 from .accounting import Usage
 from .cache import ReplyCache, cache_key
 from .embedded import EmbeddedServer
@@ -32,8 +32,10 @@ from .families import resolve
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-REASK = ("Your last answer could not be used: {error}. Answer again, in the form the first message asked for, "
-         "and put nothing after the answer.")
+REASK = (
+    "Your last answer could not be used: {error}. Answer again, in the form the first message asked for, "
+    "and put nothing after the answer."
+)
 
 
 @dataclass(frozen=True)
@@ -47,19 +49,32 @@ class Refusal:
 
 # Asking again cannot help with these: they are not retried, and the run names the fix.
 REFUSALS: tuple[Refusal, ...] = (
-    Refusal("no_images", r"image input is not supported|does not support (?:image|vision|multi-?modal)|not a multimodal|"
-            r"images? (?:are|is) not supported|no vision",
-            "this model takes no images: serve a vision-language model (with --llm-gguf, give its --llm-mmproj "
-            "too), or run without images"),
-    Refusal("too_many_images", r"at most \d+ images?|too many images|limit[_-]mm[_-]per[_-]prompt|images? per (?:prompt|request)",
-            "the endpoint takes fewer images per request than refineg sends (K demonstrations + 1): raise its "
-            "limit (vLLM: --limit-mm-per-prompt) or lower [ground] k"),
+    Refusal(
+        "no_images",
+        r"image input is not supported|does not support (?:image|vision|multi-?modal)|not a multimodal|"
+        r"images? (?:are|is) not supported|no vision",
+        "this model takes no images: serve a vision-language model (with --llm-gguf, give its --llm-mmproj "
+        "too), or run without images",
+    ),
+    Refusal(
+        "too_many_images",
+        r"at most \d+ images?|too many images|limit[_-]mm[_-]per[_-]prompt|images? per (?:prompt|request)",
+        "the endpoint takes fewer images per request than refineg sends (K demonstrations + 1): raise its "
+        "limit (vLLM: --limit-mm-per-prompt) or lower [ground] k",
+    ),
     Refusal("auth", r"^40[13]\b", "the endpoint refused the API key: set $REFINEG_LLM_API_KEY (or $OPENAI_API_KEY)"),
-    Refusal("not_found", r"^404\b", "the endpoint has no such model or path: check --llm-model and that --llm-base-url ends "
-            "in /v1 (`refineg llm-check` shows what answers)"),
-    Refusal("context", r"context (?:length|window|size)|maximum context|too many tokens|exceeds the available context",
-            "the request is longer than the model's context: give the server a longer context, or lower "
-            "[ground] k or [llm] image_max_side"),
+    Refusal(
+        "not_found",
+        r"^404\b",
+        "the endpoint has no such model or path: check --llm-model and that --llm-base-url ends "
+        "in /v1 (`refineg llm-check` shows what answers)",
+    ),
+    Refusal(
+        "context",
+        r"context (?:length|window|size)|maximum context|too many tokens|exceeds the available context",
+        "the request is longer than the model's context: give the server a longer context, or lower "
+        "[ground] k or [llm] image_max_side",
+    ),
     Refusal("quota", r"insufficient_quota|billing", "the account behind the API key has no quota left"),
 )
 # Statuses worth asking again whatever the body says (unless a refusal above matches first).
@@ -123,7 +138,9 @@ class _Reply:
 def embedded_server(cfg: LLMConfig) -> EmbeddedServer:
     """The llama.cpp server for cfg.gguf; its log goes to the cache folder unless verbose."""
     log_dir = None if cfg.verbose else (cfg.cache_dir or default_cache_dir())
-    return EmbeddedServer(cfg.gguf, cfg.mmproj, cfg.gguf_ctx, cfg.gguf_threads, min(cfg.concurrency, 4), log_dir=log_dir)
+    return EmbeddedServer(
+        cfg.gguf, cfg.mmproj, cfg.gguf_ctx, cfg.gguf_threads, min(cfg.concurrency, 4), log_dir=log_dir
+    )
 
 
 def cache_scope(cfg: LLMConfig) -> str:
@@ -183,8 +200,12 @@ class LLMClient:
 
     # ---- public API -------------------------------------------------------------------------
 
-    def run(self, requests: Sequence[LLMRequest], parse: Callable[[str], T] | Sequence[Callable[[str], T]],
-            desc: str = "LLM") -> list[LLMResult[T]]:
+    def run(
+        self,
+        requests: Sequence[LLMRequest],
+        parse: Callable[[str], T] | Sequence[Callable[[str], T]],
+        desc: str = "LLM",
+    ) -> list[LLMResult[T]]:
         """Results for every request, in order, with at most ``concurrency`` requests in flight.
         ``parse`` is one function for all requests, or one per request."""
         parses = list(parse) if isinstance(parse, (list, tuple)) else [parse] * len(requests)
@@ -203,8 +224,12 @@ class LLMClient:
         import openai  # here, not at the top: tagging alone never needs it (0.6 s of a predict run)
 
         # Retries are ours (counted, with jitter); the library's own are switched off.
-        self._clients = [openai.AsyncOpenAI(base_url=url, api_key=api_key() or "not-needed", timeout=self.config.timeout,
-                                            max_retries=0) for url in self.endpoints]
+        self._clients = [
+            openai.AsyncOpenAI(
+                base_url=url, api_key=api_key() or "not-needed", timeout=self.config.timeout, max_retries=0
+            )
+            for url in self.endpoints
+        ]
         # ``concurrency`` is per endpoint: replicas each take that many requests at once
         self._sems = [asyncio.Semaphore(self.config.concurrency) for _ in self.endpoints]
         self._busy = [0] * len(self.endpoints)
@@ -237,7 +262,9 @@ class LLMClient:
 
     def image(self, image) -> SentImage:
         """An image (path or PIL image) resized as configured, in the model family's own frame where it has one."""
-        return prepare_image(image, self.config.image_max_side, self.config.image_multiple_of, self.dialect.family.frame)
+        return prepare_image(
+            image, self.config.image_max_side, self.config.image_multiple_of, self.dialect.family.frame
+        )
 
     def summary(self) -> dict:
         """Usage per stage with the cost at the configured prices."""
@@ -285,8 +312,10 @@ class LLMClient:
                     return self._fallback(req, "parse", exc, reply.text)
                 reasked = True
                 self.usage.add(req.stage, reasks=1)
-                messages += [{"role": "assistant", "content": reply.text},
-                             {"role": "user", "content": REASK.format(error=str(exc))}]
+                messages += [
+                    {"role": "assistant", "content": reply.text},
+                    {"role": "user", "content": REASK.format(error=str(exc))},
+                ]
 
     def _fallback(self, req: LLMRequest, reason: str, exc: Exception, raw: str | None) -> LLMResult:
         self.usage.fallback(req.stage, reason)
@@ -298,7 +327,10 @@ class LLMClient:
     def _params(self, req: LLMRequest, max_tokens: int) -> dict[str, Any]:
         params: dict[str, Any] = {"temperature": self.config.temperature, "max_tokens": max_tokens}
         if req.schema is not None and self.config.json_schema:
-            params["response_format"] = {"type": "json_schema", "json_schema": {"name": req.template, "schema": req.schema}}
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": req.template, "schema": req.schema},
+            }
         return params
 
     async def _ask(self, req: LLMRequest, messages: list[dict], max_tokens: int) -> _Reply:
@@ -335,9 +367,12 @@ class LLMClient:
         """Fail at once while the endpoint is taken as down (after give_up_after failures in a row); once the
         pause is over, requests go out again, and one more failure takes it down again."""
         if time.monotonic() < self._down_until:
-            raise LLMError(f"{stage}: not sent: the last {self._failed_in_row} requests to "
-                           f"{', '.join(self.endpoints)} failed, so the endpoint is taken as down for now", 0,
-                           hint="its rows are marked for a retry: rerun the same command once it answers")
+            raise LLMError(
+                f"{stage}: not sent: the last {self._failed_in_row} requests to "
+                f"{', '.join(self.endpoints)} failed, so the endpoint is taken as down for now",
+                0,
+                hint="its rows are marked for a retry: rerun the same command once it answers",
+            )
 
     async def _attempts(self, stage: str, messages: list[dict], params: dict) -> tuple[str, dict, str | None]:
         import openai
@@ -351,8 +386,10 @@ class LLMClient:
                 async with self._sems[where]:
                     self._check_up(stage)  # here, not before the queue: others may have failed meanwhile
                     self.usage.add(stage, requests=1)
-                    resp = await asyncio.wait_for(self._clients[where].chat.completions.create(
-                        model=self.model, messages=messages, **params), cfg.timeout)
+                    resp = await asyncio.wait_for(
+                        self._clients[where].chat.completions.create(model=self.model, messages=messages, **params),
+                        cfg.timeout,
+                    )
                 text, finish = _reply_text(resp)
                 return text, _usage(resp), finish
             except TimeoutError:  # the whole attempt took too long: a slow start or a reply sent slowly
@@ -361,9 +398,13 @@ class LLMClient:
                 body = _body(exc)
                 refused = refusal(exc.status_code, body)
                 if refused or (exc.status_code < 500 and exc.status_code not in TRANSIENT_STATUS):
-                    raise LLMError(f"{stage}: the endpoint refused the request ({exc.status_code})", attempt,
-                                   _describe(exc), refusal=refused.name if refused else "refused",
-                                   hint=refused.hint if refused else None) from None
+                    raise LLMError(
+                        f"{stage}: the endpoint refused the request ({exc.status_code})",
+                        attempt,
+                        _describe(exc),
+                        refusal=refused.name if refused else "refused",
+                        hint=refused.hint if refused else None,
+                    ) from None
                 last = _describe(exc)
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:
                 last = _describe(exc)
@@ -376,8 +417,12 @@ class LLMClient:
                 self.usage.add(stage, retries=1)
                 log.info("%s: retry %d/%d in %.2fs after %s", stage, attempt, cfg.max_retries, delay, last)
                 await asyncio.sleep(delay)
-        raise LLMError(f"{stage}: no usable reply from {', '.join(self.endpoints)}", cfg.max_retries + 1, last,
-                       hint=_unreachable_hint(last))
+        raise LLMError(
+            f"{stage}: no usable reply from {', '.join(self.endpoints)}",
+            cfg.max_retries + 1,
+            last,
+            hint=_unreachable_hint(last),
+        )
 
 
 def image_part(sent: SentImage) -> dict:
@@ -404,7 +449,10 @@ def _reply_text(resp: Any) -> tuple[str, str | None]:
 
 def _usage(resp: Any) -> dict[str, int]:
     u = getattr(resp, "usage", None)
-    return {"prompt_tokens": getattr(u, "prompt_tokens", 0) or 0, "completion_tokens": getattr(u, "completion_tokens", 0) or 0}
+    return {
+        "prompt_tokens": getattr(u, "prompt_tokens", 0) or 0,
+        "completion_tokens": getattr(u, "completion_tokens", 0) or 0,
+    }
 
 
 def _body(exc: Exception) -> str:

@@ -49,16 +49,37 @@ class EmbeddedServer:
     Its log goes to ``log_dir/llama-server.log``, or to our stderr when log_dir is None.
     """
 
-    def __init__(self, gguf: Path, mmproj: Path | None = None, n_ctx: int = 4096, threads: int = 2, parallel: int = 2,
-                 log_dir: Path | None = None, start_timeout: float = 120.0):
+    def __init__(
+        self,
+        gguf: Path,
+        mmproj: Path | None = None,
+        n_ctx: int = 4096,
+        threads: int = 2,
+        parallel: int = 2,
+        log_dir: Path | None = None,
+        start_timeout: float = 120.0,
+    ):
         for path in (gguf, mmproj):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"{path}: GGUF file not found")
         self.port = free_port()
         self.model = Path(gguf).stem
         self.log_path = Path(log_dir) / LOG_FILE if log_dir is not None else None
-        cmd = [sys.executable, "-m", "refineg.llm.embedded", "--gguf", str(gguf), "--port", str(self.port),
-               "--ctx", str(n_ctx), "--threads", str(threads), "--parallel", str(parallel)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "refineg.llm.embedded",
+            "--gguf",
+            str(gguf),
+            "--port",
+            str(self.port),
+            "--ctx",
+            str(n_ctx),
+            "--threads",
+            str(threads),
+            "--parallel",
+            str(parallel),
+        ]
         if mmproj is not None:
             cmd += ["--mmproj", str(mmproj)]
         sink = None
@@ -66,8 +87,9 @@ class EmbeddedServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             sink = self.log_path.open("ab")
         log.info("starting the embedded llama.cpp server for %s on port %d", gguf, self.port)
-        self._proc: subprocess.Popen | None = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=sink or sys.stderr,
-                                                               stderr=subprocess.STDOUT if sink else None)
+        self._proc: subprocess.Popen | None = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=sink or sys.stderr, stderr=subprocess.STDOUT if sink else None
+        )
         if sink is not None:
             sink.close()
         atexit.register(self.close)

@@ -18,13 +18,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from ..data.images import SentImage, qwen25_frame
 from ..errors import ConfigError
 from ..types import Box
-
 
 MIN_INSIDE = 0.5  # a box less than half inside the image is not a clipping matter: it is rejected
 
@@ -52,8 +51,9 @@ class Convention:
             sx, sy = w / self.scale, h / self.scale
         raw = Box(x1 * sx, y1 * sy, x2 * sx, y2 * sy)
         box = raw.clipped(w, h)
-        if not all(math.isfinite(v) for v in (raw.xmin, raw.ymin, raw.xmax, raw.ymax)) or \
-                (raw.area > 0 and box.area < MIN_INSIDE * raw.area):
+        if not all(math.isfinite(v) for v in (raw.xmin, raw.ymin, raw.xmax, raw.ymax)) or (
+            raw.area > 0 and box.area < MIN_INSIDE * raw.area
+        ):
             return None, "outside"
         return box, "clipped" if box != raw else "ok"
 
@@ -65,7 +65,12 @@ class Convention:
             vals = [sent.xmin, sent.ymin, sent.xmax, sent.ymax]
             vals = [round(v) for v in vals]
         else:
-            vals = [box.xmin / w * self.scale, box.ymin / h * self.scale, box.xmax / w * self.scale, box.ymax / h * self.scale]
+            vals = [
+                box.xmin / w * self.scale,
+                box.ymin / h * self.scale,
+                box.xmax / w * self.scale,
+                box.ymax / h * self.scale,
+            ]
             vals = [round(v, 3) for v in vals] if self.scale <= 1 else [round(v) for v in vals]
         return [vals[1], vals[0], vals[3], vals[2]] if self.yx else vals
 
@@ -112,6 +117,7 @@ Answer = list[tuple[str, str, list[list]]]  # (text, type, boxes in the family's
 def _json_answer(key: str) -> Callable[[Answer], str]:
     def render(answer: Answer) -> str:
         return json.dumps([{key: b, "label": text} for text, _, boxes in answer for b in boxes], ensure_ascii=False)
+
     return render
 
 
@@ -121,17 +127,28 @@ def _lines(line: Callable[[str, list[list]], str]) -> Callable[[Answer], str]:
 
 # How a whole answer is written in each dialect (for the demonstrations); the template asks for the same.
 STYLES: dict[str, Callable[[Answer], str]] = {
-    "json": lambda answer: json.dumps({"entities": [{"text": t, "type": ty, "boxes": b} for t, ty, b in answer]},
-                                      ensure_ascii=False),
+    "json": lambda answer: json.dumps(
+        {"entities": [{"text": t, "type": ty, "boxes": b} for t, ty, b in answer]}, ensure_ascii=False
+    ),
     "bbox_2d": _json_answer("bbox_2d"),
     "box_2d": _json_answer("box_2d"),
     "ref-box": _lines(lambda t, b: f"<ref>{t}</ref><box>{_boxes_text(b)}</box>"),
     "ref-det": _lines(lambda t, b: f"<|ref|>{t}<|/ref|><|det|>{_boxes_text(b)}<|/det|>"),
-    "qwen2-tags": _lines(lambda t, b: f"<|object_ref_start|>{t}<|object_ref_end|>"
-                         + ("".join(f"<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>" for x1, y1, x2, y2 in b) or " none")),
+    "qwen2-tags": _lines(
+        lambda t, b: (
+            f"<|object_ref_start|>{t}<|object_ref_end|>"
+            + ("".join(f"<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>" for x1, y1, x2, y2 in b) or " none")
+        )
+    ),
     "glm-box": _lines(lambda t, b: f"{t}: " + (f"<|begin_of_box|>{_boxes_text(b)}<|end_of_box|>" if b else "none")),
-    "minicpm": _lines(lambda t, b: f"<ref>{t}</ref>" + ("".join(f"<box>{' '.join(map(str, x))}</box>" for x in b) or " none")),
-    "cogvlm": _lines(lambda t, b: f"{t} " + ("[[" + ";".join(",".join(f"{int(v):03d}" for v in x) for x in b) + "]]" if b else "none")),
+    "minicpm": _lines(
+        lambda t, b: f"<ref>{t}</ref>" + ("".join(f"<box>{' '.join(map(str, x))}</box>" for x in b) or " none")
+    ),
+    "cogvlm": _lines(
+        lambda t, b: (
+            f"{t} " + ("[[" + ";".join(",".join(f"{int(v):03d}" for v in x) for x in b) + "]]" if b else "none")
+        )
+    ),
 }
 
 
@@ -183,7 +200,9 @@ def resolve(box_format: str, model: str | None) -> Resolved:
     if fmt in BY_NAME:
         return Resolved(BY_NAME[fmt], f"box format {fmt} (given)")
     if fmt in CONVENTIONS:
-        return Resolved(Family(fmt, "", CONVENTIONS[fmt]), f"box convention {fmt} (given), asked in refineg's JSON format")
+        return Resolved(
+            Family(fmt, "", CONVENTIONS[fmt]), f"box convention {fmt} (given), asked in refineg's JSON format"
+        )
     if fmt != "auto":
         alias = next((fam for fam in FAMILIES if re.search(fam.pattern, fmt)), None)  # qwen2_5_vl, gpt-4o-mini...
         if alias is not None:
@@ -194,6 +213,8 @@ def resolve(box_format: str, model: str | None) -> Resolved:
     for fam in FAMILIES:
         if re.search(fam.pattern, name):
             return Resolved(fam, f"box format auto: model {model!r} is {fam.name} ({fam.convention.name})")
-    return Resolved(Family("pixels", "", CONVENTIONS["pixels"]),
-                    f"box format auto: model {model!r} matches no known family; assumed pixels of the sent image "
-                    "(set --llm-box-format if its boxes come out wrong; `refineg llm-check --images` tells)")
+    return Resolved(
+        Family("pixels", "", CONVENTIONS["pixels"]),
+        f"box format auto: model {model!r} matches no known family; assumed pixels of the sent image "
+        "(set --llm-box-format if its boxes come out wrong; `refineg llm-check --images` tells)",
+    )

@@ -25,15 +25,19 @@ from .replies import read_boxes
 PROBE_SIZE = (640, 400)  # neither square nor 1000 wide, so that every convention puts the square elsewhere
 PROBE_BOX = Box(368, 96, 528, 256)
 MIN_IOU = 0.5
-PROBE_PROMPT = ("The last image shows one red square on a white background. Give the bounding box of the red "
-                "square, as {coords}, in your usual grounding format, labelled \"red square\". "
-                "For example: {example}")
+PROBE_PROMPT = (
+    "The last image shows one red square on a white background. Give the bounding box of the red "
+    'square, as {coords}, in your usual grounding format, labelled "red square". '
+    "For example: {example}"
+)
 
 
 def probe_image() -> Image.Image:
     """White, with a red square at PROBE_BOX."""
     im = Image.new("RGB", PROBE_SIZE, "white")
-    ImageDraw.Draw(im).rectangle([PROBE_BOX.xmin, PROBE_BOX.ymin, PROBE_BOX.xmax - 1, PROBE_BOX.ymax - 1], fill=(220, 20, 20))
+    ImageDraw.Draw(im).rectangle(
+        [PROBE_BOX.xmin, PROBE_BOX.ymin, PROBE_BOX.xmax - 1, PROBE_BOX.ymax - 1], fill=(220, 20, 20)
+    )
     return im
 
 
@@ -51,7 +55,8 @@ def probe_request(family: Family, fillers: list[SentImage], probe: SentImage) ->
 
 
 def detect(text: str, probe: SentImage, expected: Convention) -> dict:
-    """Which convention puts the answer's box on the square: IoU under each, the best, and whether it is the expected one."""
+    """Which convention puts the answer's box on the square: IoU under each, the best, and whether it is the
+    expected one."""
     try:
         reading = read_boxes(text)
     except ParseError as exc:
@@ -74,20 +79,37 @@ def check(config: LLMConfig, images: int = 0) -> dict:
     """A live round trip (model, latency, JSON-schema answer), and with images > 0 the grounding probe. ``ok``
     says whether the endpoint is usable as configured; ``error`` says what is wrong and how to fix it. Retries wait
     at most a second: the check answers in seconds."""
-    config = config.model_copy(update={"cache": False, "backoff_base": min(config.backoff_base, CHECK_BACKOFF[0]),
-                                       "backoff_max": min(config.backoff_max, CHECK_BACKOFF[1]), "give_up_after": 0})
+    config = config.model_copy(
+        update={
+            "cache": False,
+            "backoff_base": min(config.backoff_base, CHECK_BACKOFF[0]),
+            "backoff_max": min(config.backoff_max, CHECK_BACKOFF[1]),
+            "give_up_after": 0,
+        }
+    )
     schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["pong"]}}, "required": ["answer"]}
-    req = LLMRequest("check", "llm-check", "2", [
-        {"role": "user", "content": 'Reply with the JSON object {"answer": "pong"} and nothing else.'}], schema, "check")
+    req = LLMRequest(
+        "check",
+        "llm-check",
+        "2",
+        [{"role": "user", "content": 'Reply with the JSON object {"answer": "pong"} and nothing else.'}],
+        schema,
+        "check",
+    )
     with LLMClient(config, show_progress=False) as client:
         t0 = time.perf_counter()
         result = client.ask(req, _pong)
         reachable = result.reason != "transport"
         report = {
-            "model": client.model, "base_url": client.base_url, "reachable": reachable,
+            "model": client.model,
+            "base_url": client.base_url,
+            "reachable": reachable,
             "latency_s": round(time.perf_counter() - t0, 3) if reachable else None,
-            "json_schema_requested": config.json_schema, "json_valid": result.ok, "error": _problem(result, config),
-            "box_format": client.dialect.family.name, "box_format_note": client.dialect.note,
+            "json_schema_requested": config.json_schema,
+            "json_valid": result.ok,
+            "error": _problem(result, config),
+            "box_format": client.dialect.family.name,
+            "box_format_note": client.dialect.note,
         }
         if images and reachable:
             report["probe"] = _probe(client, images)
@@ -104,8 +126,11 @@ def _problem(result, config: LLMConfig) -> str | None:
     if result.reason == "transport":
         return result.error
     got = (result.raw or "").strip().replace("\n", " ")[:120]
-    fix = ("the backend may ignore JSON schemas (try --no-json-schema), or the model is too small to follow "
-           "instructions") if config.json_schema else "the model does not follow the instruction"
+    fix = (
+        ("the backend may ignore JSON schemas (try --no-json-schema), or the model is too small to follow instructions")
+        if config.json_schema
+        else "the model does not follow the instruction"
+    )
     return f"the model answered, but not with the JSON object asked for (got {got!r}): {fix}"
 
 

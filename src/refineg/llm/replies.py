@@ -44,14 +44,50 @@ _CLOSED = re.compile(r"(?:</box>|<\|box_end\|>|<\|/det\|>|<\|end_of_box\|>)$")
 _ANY_TAG = re.compile(r"<\|?/?[a-zA-Z_]+\|?>")
 
 # JSON keys: which hold boxes, which hold points, which name the thing.
-BOX_KEYS = ("bbox_2d", "box_2d", "bbox", "bboxes", "boxes", "box", "bounding_box", "bounding_boxes",
-            "coordinates", "coords", "xyxy", "rect", "region", "location", "position")
+BOX_KEYS = (
+    "bbox_2d",
+    "box_2d",
+    "bbox",
+    "bboxes",
+    "boxes",
+    "box",
+    "bounding_box",
+    "bounding_boxes",
+    "coordinates",
+    "coords",
+    "xyxy",
+    "rect",
+    "region",
+    "location",
+    "position",
+)
 _BOXY_KEY = re.compile(r"box|coord|rect|region|locat|position", re.I)
 _POINT_KEY = re.compile(r"point", re.I)
-LABEL_KEYS = ("label", "text", "entity", "name", "entity_text", "object", "target", "phrase", "ref",
-              "description", "name_en", "caption", "category", "class", "names", "title")
-_CORNER_KEYS = (("x_min", "y_min", "x_max", "y_max"), ("xmin", "ymin", "xmax", "ymax"),
-                ("x1", "y1", "x2", "y2"), ("left", "top", "right", "bottom"), ("x0", "y0", "x1", "y1"))
+LABEL_KEYS = (
+    "label",
+    "text",
+    "entity",
+    "name",
+    "entity_text",
+    "object",
+    "target",
+    "phrase",
+    "ref",
+    "description",
+    "name_en",
+    "caption",
+    "category",
+    "class",
+    "names",
+    "title",
+)
+_CORNER_KEYS = (
+    ("x_min", "y_min", "x_max", "y_max"),
+    ("xmin", "ymin", "xmax", "ymax"),
+    ("x1", "y1", "x2", "y2"),
+    ("left", "top", "right", "bottom"),
+    ("x0", "y0", "x1", "y1"),
+)
 
 
 @dataclass(frozen=True)
@@ -82,7 +118,7 @@ def answer_text(text: str) -> str:
     """The part of a reply after any reasoning block; an unclosed reasoning block leaves nothing."""
     closes = list(_THINK_CLOSE.finditer(text))
     if closes:
-        return text[closes[-1].end():]
+        return text[closes[-1].end() :]
     opened = _THINK_OPEN.search(text)
     return text[: opened.start()] if opened else text
 
@@ -121,7 +157,10 @@ def _corners(d: dict) -> list | None:
         if all(k in low for k in keys):
             return [low[k] for k in keys]
     if all(k in low for k in ("x", "y")) and any(k in low for k in ("width", "w")):
-        x, y, w, h = (_number(low.get(k)) for k in ("x", "y", "width" if "width" in low else "w", "height" if "height" in low else "h"))
+        x, y, w, h = (
+            _number(low.get(k))
+            for k in ("x", "y", "width" if "width" in low else "w", "height" if "height" in low else "h")
+        )
         if None not in (x, y, w, h):
             return [x, y, x + w, y + h]
     return None
@@ -162,7 +201,9 @@ def _label_of(d: dict) -> str | None:
             nested = _label_of(v) or next((s for s in v.values() if isinstance(s, str) and s.strip()), None)
             if nested:
                 return nested.strip()
-    return next((v.strip() for k, v in d.items() if isinstance(v, str) and v.strip() and str(k).lower() != "type"), None)
+    return next(
+        (v.strip() for k, v in d.items() if isinstance(v, str) and v.strip() and str(k).lower() != "type"), None
+    )
 
 
 def _walk(obj: Any, label: str | None, reading: Reading) -> None:
@@ -201,18 +242,25 @@ def _walk(obj: Any, label: str | None, reading: Reading) -> None:
             if not boxes and own and value == []:
                 reading.empty_labels.append(own)
         elif isinstance(value, (list, dict)):
-            if isinstance(value, list) and (_is_box_list(value) or (value and all(_is_box_list(v) for v in value))) \
-                    and str(k).lower() not in LABEL_KEYS:
+            if (
+                isinstance(value, list)
+                and (_is_box_list(value) or (value and all(_is_box_list(v) for v in value)))
+                and str(k).lower() not in LABEL_KEYS
+            ):
                 reading.boxes.extend(RawBox(k, b) for b in _boxes_in(value, counts) or [])  # {"Kevin Durant": [..]}
             else:
                 _walk(value, own, reading)
-    if not had_box_key and own and any(str(k).lower() in ("visible", "in_image", "present") and v is False
-                                       for k, v in obj.items()):
+    if (
+        not had_box_key
+        and own
+        and any(str(k).lower() in ("visible", "in_image", "present") and v is False for k, v in obj.items())
+    ):
         reading.empty_labels.append(own)
 
 
 def json_blocks(text: str) -> list[Any]:
-    """Every JSON value in text: fenced blocks first (closed or not), else bare objects and lists, repaired if broken."""
+    """Every JSON value in text: fenced blocks first (closed or not), else bare objects and lists, repaired if
+    broken."""
     fenced = [m.group(1) for m in _FENCE.finditer(text) if m.group(1).strip()]
     if fenced:
         return [v for v in (_load(b) for b in fenced) if isinstance(v, (dict, list))]
@@ -259,18 +307,24 @@ def _tag_boxes(text: str, reading: Reading) -> None:
     last_ref: tuple[int, str] | None = None
     refs = [(m.end(), next(g for g in m.groups() if g is not None)) for m in _REF.finditer(text)]
     for m in _GROUP.finditer(text):
-        before = text[prev_end:m.start()]
+        before = text[prev_end : m.start()]
         ref = [r for r in refs if prev_end <= r[0] <= m.start()]
         if ref:
             last_ref = ref[-1]
-        label = ref[-1][1].strip() if ref else (_clean_label(before) or (last_ref[1].strip() if last_ref and not before.strip() else None))
+        label = (
+            ref[-1][1].strip()
+            if ref
+            else (_clean_label(before) or (last_ref[1].strip() if last_ref and not before.strip() else None))
+        )
         body = m.group("body") if m.group("tag") else m.group("pair") or m.group("list")
         nums = [float(n) for n in _NUM_RE.findall(body or "")]
         prev_end = m.end()
         if m.group("tag"):
             reading.structured = True
             if m.end() == len(text) and not body.rstrip().endswith((")", "]")) and not _CLOSED.search(m.group()):
-                reading.counts["box_rejected_truncated"] += 1  # the reply was cut inside the tag: its last number may be too
+                reading.counts["box_rejected_truncated"] += (
+                    1  # the reply was cut inside the tag: its last number may be too
+                )
                 continue
         if not nums:
             continue
@@ -280,7 +334,7 @@ def _tag_boxes(text: str, reading: Reading) -> None:
         if len(nums) % 4:
             reading.counts["box_rejected_shape"] += 1
         for k in range(0, len(nums) - len(nums) % 4, 4):
-            reading.boxes.append(RawBox(label, tuple(nums[k:k + 4])))  # type: ignore[arg-type]
+            reading.boxes.append(RawBox(label, tuple(nums[k : k + 4])))  # type: ignore[arg-type]
 
 
 def _json_reading(answer: str, fits) -> Reading:
@@ -315,7 +369,9 @@ def read_boxes(text: str | None, fits=None) -> Reading:
     tags = Reading()
     _tag_boxes(answer, tags)
     labelled = any(b.label for b in reading.boxes) or reading.empty_labels
-    if tags.boxes and ((not reading.boxes and not reading.empty_labels) or (not labelled and any(b.label for b in tags.boxes))):
+    if tags.boxes and (
+        (not reading.boxes and not reading.empty_labels) or (not labelled and any(b.label for b in tags.boxes))
+    ):
         tags.counts.update(reading.counts)
         tags.points += reading.points
         reading = tags  # <ref>a dog</ref><box>[[..]]</box>: the bracket is valid JSON, but the label is in the tags

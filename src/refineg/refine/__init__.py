@@ -8,7 +8,7 @@ refined list.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
@@ -33,8 +33,10 @@ class RefineAnswer(BaseModel):
     entities: list[RefinedEntity]
 
 
-TASK_CHECK = "For each UNCERTAIN entity decide whether it is a real entity of one of the types above, whether its " \
-             "boundaries are right (add or remove words) and whether its type is right."
+TASK_CHECK = (
+    "For each UNCERTAIN entity decide whether it is a real entity of one of the types above, whether its "
+    "boundaries are right (add or remove words) and whether its type is right."
+)
 TASK_MISSING = "The tagger may also have MISSED an entity in this post: look for one, and add it only if you are sure."
 REASONING_CHARS = 1200  # room for a few sentences per entity, and a bound on a model that loops
 
@@ -46,10 +48,18 @@ def schema(types: Sequence[str], max_items: int) -> dict:
         "type": "object",
         "properties": {
             "reasoning": {"type": "string", "maxLength": REASONING_CHARS},
-            "entities": {"type": "array", "maxItems": max_items, "items": {
-                "type": "object",
-                "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 200}, "type": {"enum": list(types)}},
-                "required": ["text", "type"]}},
+            "entities": {
+                "type": "array",
+                "maxItems": max_items,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "text": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "type": {"enum": list(types)},
+                    },
+                    "required": ["text", "type"],
+                },
+            },
         },
         "required": ["reasoning", "entities"],
     }
@@ -65,16 +75,27 @@ def build_request(sample: Sample, pred: Prediction, typeset: TypeSet, image: Sen
     prompt = template(TEMPLATE)
     n_uncertain = sum(1 for e in pred.entities if e.decision == "delegate")
     missing = asks_for_additions(pred)
-    text = prompt.render(domain=typeset.domain, types=typeset.describe(), text=sample.text,
-                         entities=entity_lines(pred), task=task_text(pred),
-                         added=" and any missed entity you add" if missing else "",
-                         type_names=", ".join(typeset.names))
+    text = prompt.render(
+        domain=typeset.domain,
+        types=typeset.describe(),
+        text=sample.text,
+        entities=entity_lines(pred),
+        task=task_text(pred),
+        added=" and any missed entity you add" if missing else "",
+        type_names=", ".join(typeset.names),
+    )
     content: list[dict] = [{"type": "text", "text": text}]
     if image is not None:
         content.insert(0, image_part(image))
     max_items = max(1, n_uncertain) + (3 if missing else 1)  # a boundary fix may split one entity into two
-    return LLMRequest("refinement", prompt.name, prompt.version, [{"role": "user", "content": content}],
-                      schema(typeset.names, max_items), sample.id)
+    return LLMRequest(
+        "refinement",
+        prompt.name,
+        prompt.version,
+        [{"role": "user", "content": content}],
+        schema(typeset.names, max_items),
+        sample.id,
+    )
 
 
 def entity_lines(pred: Prediction) -> str:
@@ -83,7 +104,7 @@ def entity_lines(pred: Prediction) -> str:
     for e in pred.entities:
         mark = "UNCERTAIN" if e.decision == "delegate" else "KEPT"
         score = f", tagger confidence {e.score:.2f}" if e.score is not None else ""
-        lines.append(f"- {mark}: \"{e.text}\" ({e.type}{score})")
+        lines.append(f'- {mark}: "{e.text}" ({e.type}{score})')
     return "\n".join(lines) or "- (none)"
 
 
@@ -110,7 +131,7 @@ def _occurrences(tokens: tuple[str, ...], name: str) -> list[tuple[int, int]]:
     n = len(needle)
     if not n:
         return []
-    return [(i, i + n) for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n]) == needle]
+    return [(i, i + n) for i in range(len(tokens) - n + 1) if tuple(tokens[i : i + n]) == needle]
 
 
 def merge(sample: Sample, pred: Prediction, refined: list[RefinedEntity], types: tuple[str, ...]) -> Outcome:
@@ -145,11 +166,21 @@ def merge(sample: Sample, pred: Prediction, refined: list[RefinedEntity], types:
             old = delegated.get((start, end))
             same = old is not None and old.type == etype
             counts["confirmed" if same else "changed_or_added"] += 1
-            added.append(Entity(" ".join(sample.tokens[start:end]), etype, start, end, score=old.score if same else None,
-                                source="tagger" if same else "mllm", decision="delegate"))
+            added.append(
+                Entity(
+                    " ".join(sample.tokens[start:end]),
+                    etype,
+                    start,
+                    end,
+                    score=old.score if same else None,
+                    source="tagger" if same else "mllm",
+                    decision="delegate",
+                )
+            )
             taken.update(range(start, end))
-    counts["dropped"] += sum(1 for (s, e), old in delegated.items()
-                             if not any(a.start == s and a.end == e for a in added))
+    counts["dropped"] += sum(
+        1 for (s, e), old in delegated.items() if not any(a.start == s and a.end == e for a in added)
+    )
     ents = tuple(sorted(kept + added, key=lambda e: e.start))
     return Outcome(pred.with_(entities=ents), counts)
 

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 W, H, PAD = 320, 240, 36
 
 
 def _frame(title: str, xlabel: str, ylabel: str) -> list[str]:
     return [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{title}">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
+        f'aria-label="{title}">',
         f'<text x="{W / 2}" y="14" text-anchor="middle" font-size="12" font-weight="bold">{title}</text>',
         f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - 10}" y2="{H - PAD}" stroke="#333"/>',
         f'<line x1="{PAD}" y1="{H - PAD}" x2="{PAD}" y2="24" stroke="#333"/>',
         f'<text x="{(W + PAD) / 2}" y="{H - 6}" text-anchor="middle" font-size="11">{xlabel}</text>',
-        f'<text x="12" y="{(H - PAD + 24) / 2}" text-anchor="middle" font-size="11" transform="rotate(-90 12 {(H - PAD + 24) / 2})">{ylabel}</text>',
+        f'<text x="12" y="{(H - PAD + 24) / 2}" text-anchor="middle" font-size="11" '
+        f'transform="rotate(-90 12 {(H - PAD + 24) / 2})">{ylabel}</text>',
         f'<text x="{PAD}" y="{H - PAD + 14}" font-size="9" text-anchor="middle">0</text>',
         f'<text x="{W - 10}" y="{H - PAD + 14}" font-size="9" text-anchor="middle">1</text>',
         f'<text x="{PAD - 4}" y="28" font-size="9" text-anchor="end">1</text>',
@@ -39,8 +41,10 @@ def reliability_svg(scores: Sequence[float], correct: Sequence[bool], bins: int 
         acc = sum(correct[i] for i in idx) / len(idx)
         bx, by = _xy(lo, acc)
         bw = _xy(hi, 0)[0] - bx - 2
-        parts.append(f'<rect class="bar" x="{bx + 1:.1f}" y="{by:.1f}" width="{bw:.1f}" height="{y0 - by:.1f}" '
-                     f'fill="#4a78c2" opacity="0.8"><title>{lo:.1f}-{hi:.1f}: {acc:.2f} correct of {len(idx)}</title></rect>')
+        parts.append(
+            f'<rect class="bar" x="{bx + 1:.1f}" y="{by:.1f}" width="{bw:.1f}" height="{y0 - by:.1f}" '
+            f'fill="#4a78c2" opacity="0.8"><title>{lo:.1f}-{hi:.1f}: {acc:.2f} correct of {len(idx)}</title></rect>'
+        )
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -54,12 +58,17 @@ def risk_coverage_svg(scores: Sequence[float], correct: Sequence[bool], kept_sha
         wrong += not correct[i]
         points.append(_xy(k / len(order), wrong / k))
     if points:
-        parts.append('<polyline fill="none" stroke="#c2364a" stroke-width="2" points="'
-                     + " ".join(f"{x:.1f},{y:.1f}" for x, y in points) + '"/>')
+        parts.append(
+            '<polyline fill="none" stroke="#c2364a" stroke-width="2" points="'
+            + " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+            + '"/>'
+        )
     if kept_share is not None and points:
         x, _ = _xy(kept_share, 0)
         anchor, dx = ("end", -3) if kept_share > 0.6 else ("start", 3)
-        parts.append(f'<line x1="{x:.1f}" y1="{H - PAD}" x2="{x:.1f}" y2="24" stroke="#333" stroke-dasharray="3 3"/>'
-                     f'<text x="{x + dx:.1f}" y="36" font-size="10" text-anchor="{anchor}">gate keeps {kept_share:.0%}</text>')
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{H - PAD}" x2="{x:.1f}" y2="24" stroke="#333" stroke-dasharray="3 3"/>'
+            f'<text x="{x + dx:.1f}" y="36" font-size="10" text-anchor="{anchor}">gate keeps {kept_share:.0%}</text>'
+        )
     parts.append("</svg>")
     return "\n".join(parts)

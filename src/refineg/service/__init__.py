@@ -20,9 +20,9 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable
 
 import h11
 from fastapi import FastAPI, Request
@@ -133,26 +133,42 @@ class _Counted:
             log.error("%s %s: internal error: %s: %s", scope.get("method"), scope.get("path"), type(exc).__name__, exc)
             if "status" not in started:
                 await JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)(
-                    scope, receive, counting_send)
+                    scope, receive, counting_send
+                )
         status = started.get("status", 500)
         self.stats["total"] += 1
-        self.stats["ok" if status < 400 else "cancelled" if status == CLIENT_GONE else
-                   "client_errors" if status < 500 else "server_errors"] += 1
+        self.stats[
+            "ok"
+            if status < 400
+            else "cancelled"
+            if status == CLIENT_GONE
+            else "client_errors"
+            if status < 500
+            else "server_errors"
+        ] += 1
 
 
 def create_app(nlp, service: ServiceConfig | None = None) -> FastAPI:
     """The FastAPI app around a loaded Pipeline."""
     service = service or nlp.cfg.service
-    app = FastAPI(title="refineg", version=__import__("refineg").__version__, docs_url=None, redoc_url=None,
-                  description="Grounded multimodal NER: entities, their types and their boxes in the image.")
+    app = FastAPI(
+        title="refineg",
+        version=__import__("refineg").__version__,
+        docs_url=None,
+        redoc_url=None,
+        description="Grounded multimodal NER: entities, their types and their boxes in the image.",
+    )
     started = time.time()
     stats: Counter = Counter()
     batcher = MicroBatcher(nlp.tag, window=service.batch_window_ms / 1000)
     key = os.environ.get(service.api_key_env) if service.api_key_env else None
     if service.api_key_env and not key:
         raise DataError(f"--api-key-env {service.api_key_env}: that environment variable is not set")
-    page = with_renderer(PAGE.read_text(encoding="utf-8")).replace(
-        "__COLORS__", json.dumps(type_colors(nlp.types))).replace("__AUTH__", "true" if key else "false")
+    page = (
+        with_renderer(PAGE.read_text(encoding="utf-8"))
+        .replace("__COLORS__", json.dumps(type_colors(nlp.types)))
+        .replace("__AUTH__", "true" if key else "false")
+    )
     app.add_middleware(_Counted, stats=stats)
     _swagger_ui(app)
 
@@ -175,11 +191,17 @@ def create_app(nlp, service: ServiceConfig | None = None) -> FastAPI:
     def healthz() -> dict:
         """Liveness and what the service runs: model, LLM, uptime and request counts (total = the others' sum)."""
         llm = nlp.cfg.llm
-        return {"status": "ok", "model": str(nlp.model_dir), "model_setting": nlp.setting,
-                "llm_configured": llm.configured, "llm_model": llm.model if llm.configured else None,
-                "uptime_s": round(time.time() - started, 1),
-                "requests": {k: stats[k] for k in ("total", "ok", "client_errors", "server_errors", "cancelled")},
-                "tagger_batches": batcher.batches, "mean_batch_size": round(batcher.items / max(1, batcher.batches), 2)}
+        return {
+            "status": "ok",
+            "model": str(nlp.model_dir),
+            "model_setting": nlp.setting,
+            "llm_configured": llm.configured,
+            "llm_model": llm.model if llm.configured else None,
+            "uptime_s": round(time.time() - started, 1),
+            "requests": {k: stats[k] for k in ("total", "ok", "client_errors", "server_errors", "cancelled")},
+            "tagger_batches": batcher.batches,
+            "mean_batch_size": round(batcher.items / max(1, batcher.batches), 2),
+        }
 
     @app.post("/v1/gmner")
     async def gmner(request: Request):
@@ -188,8 +210,11 @@ def create_app(nlp, service: ServiceConfig | None = None) -> FastAPI:
             return error(401, "missing or wrong bearer key")
         body = await _body(request, service.max_body)
         if body is None:
-            return JSONResponse({"error": f"request body over {service.max_body:,} bytes"}, status_code=413,
-                                headers={"Connection": "close"})
+            return JSONResponse(
+                {"error": f"request body over {service.max_body:,} bytes"},
+                status_code=413,
+                headers={"Connection": "close"},
+            )
         try:
             req = GmnerRequest.model_validate(_json(body))
         except DataError as exc:
@@ -217,11 +242,18 @@ def create_app(nlp, service: ServiceConfig | None = None) -> FastAPI:
         finally:
             nlp.forget_image(sample)
         t2 = time.perf_counter()
-        return {"id": pred.id, "tokens": list(sample.tokens), "entities": [e.to_dict() for e in pred.entities],
-                "delegated": pred.delegated,
-                **{k: v for k, v in pred.meta.items() if k in ("status", "retry_reason", "grounding")},
-                "timings": {"tag_ms": round((t1 - t0) * 1000, 1), "llm_ms": round((t2 - t1) * 1000, 1),
-                            "total_ms": round((t2 - t0) * 1000, 1)}}
+        return {
+            "id": pred.id,
+            "tokens": list(sample.tokens),
+            "entities": [e.to_dict() for e in pred.entities],
+            "delegated": pred.delegated,
+            **{k: v for k, v in pred.meta.items() if k in ("status", "retry_reason", "grounding")},
+            "timings": {
+                "tag_ms": round((t1 - t0) * 1000, 1),
+                "llm_ms": round((t2 - t1) * 1000, 1),
+                "total_ms": round((t2 - t0) * 1000, 1),
+            },
+        }
 
     return app
 
@@ -234,10 +266,13 @@ def _swagger_ui(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title="refineg API",
-                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="refineg API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
 
 def _json(body: bytes):
@@ -336,9 +371,14 @@ def server_config(app: FastAPI, service: ServiceConfig):
     """uvicorn's settings for the service: its address, the header timeout and the shutdown deadline."""
     import uvicorn
 
-    return uvicorn.Config(app, host=service.host, port=service.port, log_level="warning",
-                          http=header_timeout_protocol(service.header_timeout_s),
-                          timeout_graceful_shutdown=max(1, round(service.shutdown_grace_s)))
+    return uvicorn.Config(
+        app,
+        host=service.host,
+        port=service.port,
+        log_level="warning",
+        http=header_timeout_protocol(service.header_timeout_s),
+        timeout_graceful_shutdown=max(1, round(service.shutdown_grace_s)),
+    )
 
 
 def serve(nlp) -> None:

@@ -3,8 +3,8 @@ replacement; every sentence is validated and every drop counted."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..config import RunConfig
 from ..llm.typesets import load_typeset
@@ -22,14 +22,21 @@ class SynthResult:
     summary: dict
 
 
-def synthesize(seeds: Sequence[Sample], cfg: RunConfig, method: str | None = None,
-               exclude: Sequence[Sample] = (), progress: bool = True) -> SynthResult:
+def synthesize(
+    seeds: Sequence[Sample],
+    cfg: RunConfig,
+    method: str | None = None,
+    exclude: Sequence[Sample] = (),
+    progress: bool = True,
+) -> SynthResult:
     """New training sentences from seeds: by LLM when one is configured (or asked for), else mention replacement."""
     method = method or ("llm" if cfg.llm.configured else "mention-replacement")
     excluded = excluded_texts(exclude)
     if method == "mention-replacement":
         samples, summary = mention_replacement(seeds, cfg.synth.per_sample, cfg.synth.seed, excluded)
-        note = "no LLM configured: used offline mention replacement" if not cfg.llm.configured else "mention replacement"
+        note = (
+            "no LLM configured: used offline mention replacement" if not cfg.llm.configured else "mention replacement"
+        )
         return SynthResult(samples, {"method": method, "note": note, **summary})
     return _synthesize_llm(seeds, cfg, excluded, progress)
 
@@ -60,8 +67,13 @@ def _synthesize_llm(seeds: Sequence[Sample], cfg: RunConfig, excluded: set[str],
             sample = validator.accept(raw, f"{seed_id}~{kind}{k}", seed_id)
             if sample is not None:
                 out.append(sample)
-    summary = {"method": "llm", "requests": len(requests), **validator.summary(),
-               "failed_requests": sum(1 for r in results if not r.ok), "llm": usage["total"]}
+    summary = {
+        "method": "llm",
+        "requests": len(requests),
+        **validator.summary(),
+        "failed_requests": sum(1 for r in results if not r.ok),
+        "llm": usage["total"],
+    }
     return SynthResult(out, summary)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..types import Entity, Sample
 from .validate import normalise
@@ -15,7 +15,7 @@ def mention_pool(samples: Sequence[Sample]) -> dict[str, list[tuple[str, ...]]]:
     pool: dict[str, dict[tuple[str, ...], None]] = defaultdict(dict)
     for s in samples:
         for e in s.entities:
-            pool[e.type][tuple(s.tokens[e.start:e.end])] = None
+            pool[e.type][tuple(s.tokens[e.start : e.end])] = None
     return {t: list(m) for t, m in pool.items()}
 
 
@@ -25,19 +25,26 @@ def replace_mentions(sample: Sample, pool: dict[str, list[tuple[str, ...]]], rng
     entities = []
     pos = 0
     for e in sorted(sample.entities, key=lambda x: x.start):
-        tokens.extend(sample.tokens[pos:e.start])
-        choices = [m for m in pool.get(e.type, []) if m != tuple(sample.tokens[e.start:e.end])] or [tuple(sample.tokens[e.start:e.end])]
+        tokens.extend(sample.tokens[pos : e.start])
+        choices = [m for m in pool.get(e.type, []) if m != tuple(sample.tokens[e.start : e.end])] or [
+            tuple(sample.tokens[e.start : e.end])
+        ]
         new = rng.choice(choices)
         entities.append(Entity(" ".join(new), e.type, len(tokens), len(tokens) + len(new), source="synthetic"))
         tokens.extend(new)
         pos = e.end
     tokens.extend(sample.tokens[pos:])
-    return Sample(sid, tuple(tokens), tuple(entities), meta={"source": "synthetic", "seed_id": sample.id,
-                                                                "method": "mention-replacement"})
+    return Sample(
+        sid,
+        tuple(tokens),
+        tuple(entities),
+        meta={"source": "synthetic", "seed_id": sample.id, "method": "mention-replacement"},
+    )
 
 
-def mention_replacement(samples: Sequence[Sample], per_sample: int = 3, seed: int = 13,
-                        exclude: set[str] | None = None) -> tuple[list[Sample], dict]:
+def mention_replacement(
+    samples: Sequence[Sample], per_sample: int = 3, seed: int = 13, exclude: set[str] | None = None
+) -> tuple[list[Sample], dict]:
     """per_sample new sentences for each sample with entities; duplicates and excluded texts are dropped and counted."""
     rng = random.Random(seed)
     pool = mention_pool(samples)

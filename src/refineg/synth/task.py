@@ -13,9 +13,9 @@ from ..types import Sample
 TEMPLATE = "synthesize.txt"
 TASKS = {
     "keep": "Write {n} new, varied sentences that mention the SAME entities as the example (all or some of them), "
-            "each with the same type as in the example.",
+    "each with the same type as in the example.",
     "new": "Write {n} new, varied sentences about DIFFERENT entities of the same types as in the example: invent or "
-           "recall other real names of those types that fit the descriptions.",
+    "recall other real names of those types that fit the descriptions.",
     "none": "Write {n} new, varied sentences like the example that contain NO named entity of any of the types.",
 }
 
@@ -34,27 +34,43 @@ class SynthAnswer(BaseModel):
     samples: list[SynthSample]
 
 
-
-
 def schema(types: tuple[str, ...], n: int) -> dict:
     """The answer schema: at most n sentences, each entity's type one of ours (a tiny model cannot invent types)."""
-    entity = {"type": "object", "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 200},
-                                               "type": {"enum": list(types)}}, "required": ["text", "type"]}
-    sample = {"type": "object", "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 1000},
-                                               "entities": {"type": "array", "items": entity, "maxItems": 20}},
-              "required": ["text", "entities"]}
-    return {"type": "object", "properties": {"samples": {"type": "array", "items": sample, "maxItems": n}},
-            "required": ["samples"]}
+    entity = {
+        "type": "object",
+        "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 200}, "type": {"enum": list(types)}},
+        "required": ["text", "type"],
+    }
+    sample = {
+        "type": "object",
+        "properties": {
+            "text": {"type": "string", "minLength": 1, "maxLength": 1000},
+            "entities": {"type": "array", "items": entity, "maxItems": 20},
+        },
+        "required": ["text", "entities"],
+    }
+    return {
+        "type": "object",
+        "properties": {"samples": {"type": "array", "items": sample, "maxItems": n}},
+        "required": ["samples"],
+    }
 
 
 def build_request(seed: Sample, kind: str, n: int, typeset: TypeSet) -> LLMRequest:
     """The chat request asking for n sentences of one kind (keep, new or none) from a seed sample."""
     prompt_template = template(TEMPLATE)
     ents = "; ".join(f"{e.text} ({e.type})" for e in seed.entities) or "none"
-    prompt = prompt_template.render(domain=typeset.domain, types=typeset.describe(), text=seed.text, entities=ents,
-                                    task=TASKS[kind].format(n=n))
-    return LLMRequest("synthesis", prompt_template.name, prompt_template.version,
-                      [{"role": "user", "content": prompt}], schema(typeset.names, n), f"{seed.id}:{kind}")
+    prompt = prompt_template.render(
+        domain=typeset.domain, types=typeset.describe(), text=seed.text, entities=ents, task=TASKS[kind].format(n=n)
+    )
+    return LLMRequest(
+        "synthesis",
+        prompt_template.name,
+        prompt_template.version,
+        [{"role": "user", "content": prompt}],
+        schema(typeset.names, n),
+        f"{seed.id}:{kind}",
+    )
 
 
 def parse(text: str) -> list[SynthSample]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from ..data.tokenize import find_mentions, token_span, tokenize_with_offsets
 from ..types import Entity, Sample
@@ -66,11 +66,15 @@ class Validator:
         entities = []
         for s, e, name in mentions:
             start, end = token_span(offsets, s, e)
-            entities.append(Entity(" ".join(t for t, _, _ in offsets[start:end]), typed[name], start, end, source="synthetic"))
+            entities.append(
+                Entity(" ".join(t for t, _, _ in offsets[start:end]), typed[name], start, end, source="synthetic")
+            )
         self.notes["extra_occurrences_tagged"] += len(mentions) - len(typed)
         self._seen.add(key)
         self.kept += 1
-        return Sample(sid, tuple(t for t, _, _ in offsets), tuple(entities), meta={"source": "synthetic", "seed_id": seed_id})
+        return Sample(
+            sid, tuple(t for t, _, _ in offsets), tuple(entities), meta={"source": "synthetic", "seed_id": seed_id}
+        )
 
     def _drop(self, reason: str) -> None:
         self.dropped[reason] += 1

@@ -7,10 +7,10 @@ PyTorch or transformers (about 2.5 s of a predict run's start-up).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -121,8 +121,12 @@ class Aligner:
         unk = self.tokenizer.unk_token
         return [w if w.strip() and self._pieces(w) else unk for w in words]
 
-    def encode(self, batch_words: Sequence[Sequence[str]], batch_shapes: Sequence[Sequence[int]],
-               batch_prior: Sequence[Sequence[int]] | None = None) -> EncodedBatch:
+    def encode(
+        self,
+        batch_words: Sequence[Sequence[str]],
+        batch_shapes: Sequence[Sequence[int]],
+        batch_prior: Sequence[Sequence[int]] | None = None,
+    ) -> EncodedBatch:
         """Arrays for a batch of word lists."""
         encodings = self.tokenizer.encode([self.clean(ws) for ws in batch_words], self.max_subtokens)
         n, n_words = len(batch_words), max(1, max(len(ws) for ws in batch_words))
@@ -135,8 +139,8 @@ class Aligner:
         shapes = np.zeros((n, n_words), dtype=np.int64)
         prior = np.zeros((n, n_words), dtype=np.int64)
         for b, enc in enumerate(encodings):
-            ids[b, :len(enc.ids)] = enc.ids
-            attention[b, :len(enc.ids)] = 1
+            ids[b, : len(enc.ids)] = enc.ids
+            attention[b, : len(enc.ids)] = 1
             for pos, w in enumerate(enc.word_ids):
                 if w is None:
                     continue
@@ -144,7 +148,7 @@ class Aligner:
                 if not mask[b, w]:
                     first[b, w] = pos
                     mask[b, w] = True
-            shapes[b, :len(batch_shapes[b])] = batch_shapes[b]
+            shapes[b, : len(batch_shapes[b])] = batch_shapes[b]
             if batch_prior is not None:
-                prior[b, :len(batch_prior[b])] = batch_prior[b]
+                prior[b, : len(batch_prior[b])] = batch_prior[b]
         return EncodedBatch(ids, attention, first, mask, shapes, sub_shapes, prior)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import ConfigError
 from ..types import Prediction
@@ -43,9 +43,14 @@ class CorpusCounts:
         for p in preds:
             words = [w.lower() for w in p.tokens or ()]
             for n in range(1, longest + 1):
-                mentions.update(k for k in (" ".join(words[i:i + n]) for i in range(len(words) - n + 1)) if k in tagged)
-        return cls(len(preds), {k: dict(sorted(v.items())) for k, v in sorted(tagged.items())},
-                   {k: mentions[k] for k in sorted(tagged)})
+                mentions.update(
+                    k for k in (" ".join(words[i : i + n]) for i in range(len(words) - n + 1)) if k in tagged
+                )
+        return cls(
+            len(preds),
+            {k: dict(sorted(v.items())) for k, v in sorted(tagged.items())},
+            {k: mentions[k] for k in sorted(tagged)},
+        )
 
     def features(self, text: str, etype: str) -> tuple[float, float, float]:
         """(log(1 + times tagged), share of those with this type, share of its mentions tagged); zeros when the
@@ -59,8 +64,9 @@ class CorpusCounts:
 
     def save(self, path: Path) -> None:
         """Write the counts as JSON."""
-        path.write_text(json.dumps({"posts": self.posts, "tagged": self.tagged, "mentions": self.mentions},
-                                   ensure_ascii=False))
+        path.write_text(
+            json.dumps({"posts": self.posts, "tagged": self.tagged, "mentions": self.mentions}, ensure_ascii=False)
+        )
 
     @classmethod
     def load(cls, path: Path) -> CorpusCounts:

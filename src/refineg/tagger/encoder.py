@@ -18,7 +18,9 @@ def default_encoder() -> str:
 
 def looks_like_path(name: str) -> bool:
     """True for names that can only be local paths (a hub id is "org/name" at most)."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or Path(name).suffix in (".bin", ".pt")
+    return (
+        name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or Path(name).suffix in (".bin", ".pt")
+    )
 
 
 def check_model_source(name: str, what: str) -> None:

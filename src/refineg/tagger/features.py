@@ -7,12 +7,26 @@ the whole post is upper- or title-cased (then capitalisation says little).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import ConfigError
 
-SHAPES = ("lower", "capitalised", "allcaps", "mixed", "digits", "alnum_digits", "punct", "hash", "at",
-          "url", "emoji_symbol", "rt", "single_upper", "other")
+SHAPES = (
+    "lower",
+    "capitalised",
+    "allcaps",
+    "mixed",
+    "digits",
+    "alnum_digits",
+    "punct",
+    "hash",
+    "at",
+    "url",
+    "emoji_symbol",
+    "rt",
+    "single_upper",
+    "other",
+)
 CONTEXTS = ("none", "after_hash", "after_at")
 N_FEATURES = len(SHAPES) * len(CONTEXTS) * 2 + 1  # +1: padding id 0
 
@@ -88,8 +102,9 @@ class PriorNER:
             raise ConfigError(f"cannot load spaCy model {model!r}: {str(exc).splitlines()[0]}") from None
         if "ner" not in self.nlp.pipe_names:
             raise ConfigError(f"spaCy model {model!r} has no ner component")
-        if "tok2vec" in self.nlp.pipe_names and \
-                "ner" not in getattr(self.nlp.get_pipe("tok2vec"), "listening_components", ["ner"]):
+        if "tok2vec" in self.nlp.pipe_names and "ner" not in getattr(
+            self.nlp.get_pipe("tok2vec"), "listening_components", ["ner"]
+        ):
             # The small English models' NER has its own tok2vec: the shared one would only cost time.
             self.nlp.remove_pipe("tok2vec")
         # Training tags dev every epoch: remembering sentences spares spaCy the same work each time.
@@ -121,10 +136,15 @@ class PriorNER:
     def _tag(self, batch_words: Sequence[Sequence[str]]) -> list[list[int]]:
         from spacy.tokens import Doc
 
-        docs = self.nlp.pipe((Doc(self.nlp.vocab, words=[w if w.strip() else "_" for w in ws[:self.max_words]])
-                              for ws in batch_words), batch_size=256)
-        return [[1 if not t.ent_type_ else 2 + 2 * self._index[t.ent_type_] + (t.ent_iob_ == "I") for t in doc]
-                + [1] * max(0, len(ws) - self.max_words) for doc, ws in zip(docs, batch_words)]
+        docs = self.nlp.pipe(
+            (Doc(self.nlp.vocab, words=[w if w.strip() else "_" for w in ws[: self.max_words]]) for ws in batch_words),
+            batch_size=256,
+        )
+        return [
+            [1 if not t.ent_type_ else 2 + 2 * self._index[t.ent_type_] + (t.ent_iob_ == "I") for t in doc]
+            + [1] * max(0, len(ws) - self.max_words)
+            for doc, ws in zip(docs, batch_words)
+        ]
 
 
 def _import_spacy(model: str, without_torch: bool):

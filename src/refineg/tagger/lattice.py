@@ -23,8 +23,9 @@ class CRFParams:
     @classmethod
     def of(cls, crf) -> CRFParams:
         """The scores of a pytorch-crf module."""
-        return cls(*(p.detach().double().cpu().numpy() for p in (crf.start_transitions, crf.end_transitions,
-                                                                   crf.transitions)))
+        return cls(
+            *(p.detach().double().cpu().numpy() for p in (crf.start_transitions, crf.end_transitions, crf.transitions))
+        )
 
     def save(self, path: Path) -> None:
         """Write the scores as JSON (floats round-trip exactly)."""
@@ -38,7 +39,11 @@ class CRFParams:
             params = cls(*(np.asarray(d[k], dtype=np.float64) for k in ("start", "end", "trans")))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}: missing or damaged: {str(exc).splitlines()[0]}") from None
-        if params.start.shape != (n_labels,) or params.end.shape != (n_labels,) or params.trans.shape != (n_labels,) * 2:
+        if (
+            params.start.shape != (n_labels,)
+            or params.end.shape != (n_labels,)
+            or params.trans.shape != (n_labels,) * 2
+        ):
             raise ConfigError(f"{path}: CRF scores for another tag set (expected {n_labels} tags)")
         return params
 
@@ -62,7 +67,7 @@ def viterbi(crf: CRFParams, emissions: np.ndarray, mask: np.ndarray) -> list[lis
     paths = []
     for k in range(b):
         best = [int(score[k].argmax())]
-        for hist in reversed(history[:int(mask[k].sum()) - 1]):
+        for hist in reversed(history[: int(mask[k].sum()) - 1]):
             best.append(int(hist[k, best[-1]]))
         paths.append(best[::-1])
     return paths

@@ -14,8 +14,17 @@ from .features import N_FEATURES
 class TaggerModel(nn.Module):
     """Encoder -> first sub-token of each word ++ shape embedding -> [BiLSTM] -> emissions -> CRF."""
 
-    def __init__(self, encoder: nn.Module, labels: list[str], shape_dim: int = 32, lstm_hidden: int = 128,
-                 dropout: float = 0.2, shape_input: bool = True, n_prior: int = 0, prior_dim: int = 16):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        labels: list[str],
+        shape_dim: int = 32,
+        lstm_hidden: int = 128,
+        dropout: float = 0.2,
+        shape_input: bool = True,
+        n_prior: int = 0,
+        prior_dim: int = 16,
+    ):
         super().__init__()
         self.encoder = encoder
         self.labels = list(labels)
@@ -44,8 +53,9 @@ class TaggerModel(nn.Module):
     def emissions(self, batch: EncodedBatch) -> torch.Tensor:
         """Per-word tag scores (B, W, K)."""
         t = batch.tensors()
-        x = self.dropout(self.word_features(t.input_ids, t.attention_mask, t.sub_shape_ids, t.first_index,
-                                            t.shape_ids, t.prior_ids))
+        x = self.dropout(
+            self.word_features(t.input_ids, t.attention_mask, t.sub_shape_ids, t.first_index, t.shape_ids, t.prior_ids)
+        )
         if self.lstm is not None:
             lengths = t.word_mask.sum(1).clamp(min=1)
             packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -54,7 +64,9 @@ class TaggerModel(nn.Module):
             x = self.dropout(x)
         return self.emit(x)
 
-    def word_features(self, input_ids, attention_mask, sub_shape_ids, first_index, shape_ids, prior_ids) -> torch.Tensor:
+    def word_features(
+        self, input_ids, attention_mask, sub_shape_ids, first_index, shape_ids, prior_ids
+    ) -> torch.Tensor:
         """Each word's vector before the BiLSTM: its first sub-token's encoding ++ shape ++ prior embeddings."""
         if self.shape_in is not None:
             embeds = self.encoder.get_input_embeddings()(input_ids) + self.shape_in(sub_shape_ids)
@@ -68,8 +80,13 @@ class TaggerModel(nn.Module):
             words = torch.cat([words, self.prior_emb(prior_ids)], dim=-1)
         return words
 
-    def loss(self, batch: EncodedBatch, tags: torch.Tensor, weights: torch.Tensor | None = None,
-             allowed: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        batch: EncodedBatch,
+        tags: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        allowed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Mean negative log-likelihood of the tags, each sentence weighted (pseudo-labels count less than gold).
 
         With ``allowed`` (B, W, K), a partly labelled batch: the likelihood is that of every tag path the mask
@@ -79,8 +96,9 @@ class TaggerModel(nn.Module):
         if allowed is None:
             llh = self.crf(emissions, tags, mask=mask, reduction="none")
         else:
-            llh = self._log_partition(emissions.masked_fill(~allowed, FORBIDDEN), mask) - \
-                self._log_partition(emissions, mask)
+            llh = self._log_partition(emissions.masked_fill(~allowed, FORBIDDEN), mask) - self._log_partition(
+                emissions, mask
+            )
         return -(llh if weights is None else llh * weights.to(llh.dtype)).mean()
 
     def _log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,10 @@ import logging
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -56,8 +56,11 @@ def _entry(int8: bool, weights_sha256: str) -> dict:
 
 def graph_current(folder: Path, int8: bool, weights_sha256: str) -> bool:
     """True when the folder holds a graph of the asked precision, made as this version makes it from these weights."""
-    return ((folder / graph_file(int8)).is_file() and (folder / CRF).is_file()
-            and _note(folder).get(graph_file(int8)) == _entry(int8, weights_sha256))
+    return (
+        (folder / graph_file(int8)).is_file()
+        and (folder / CRF).is_file()
+        and _note(folder).get(graph_file(int8)) == _entry(int8, weights_sha256)
+    )
 
 
 def write_graph_note(folder: Path, int8: bool, weights_sha256: str) -> None:
@@ -82,8 +85,9 @@ def _graph_module(model):
             self.model = model
             self.fwd = self.bwd = None
             if model.lstm is not None:
-                self.fwd, self.bwd = (nn.LSTM(model.lstm.input_size, model.lstm.hidden_size, batch_first=True)
-                                      for _ in range(2))
+                self.fwd, self.bwd = (
+                    nn.LSTM(model.lstm.input_size, model.lstm.hidden_size, batch_first=True) for _ in range(2)
+                )
                 for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
                     getattr(self.fwd, name).data = getattr(model.lstm, name).data.clone()
                     getattr(self.bwd, name).data = getattr(model.lstm, name + "_reverse").data.clone()
@@ -113,14 +117,23 @@ def export_graph(model, example: EncodedBatch, folder: Path, precisions: Sequenc
     axes = {k: {0: "batch", 1: "pieces" if k in PIECE_INPUTS else "words"} for k in INPUTS}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), _quiet():
         plain = Path(tmp) / "plain.onnx"
-        torch.onnx.export(graph, args, str(plain), input_names=list(INPUTS), output_names=["emissions"],
-                          dynamic_axes=axes, dynamo=False, opset_version=OPSET)
+        torch.onnx.export(
+            graph,
+            args,
+            str(plain),
+            input_names=list(INPUTS),
+            output_names=["emissions"],
+            dynamic_axes=axes,
+            dynamo=False,
+            opset_version=OPSET,
+        )
         for int8 in precisions:
             if int8:
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-                quantize_dynamic(plain, folder / graph_file(True), weight_type=QuantType.QInt8, per_channel=True,
-                                 reduce_range=True)
+                quantize_dynamic(
+                    plain, folder / graph_file(True), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True
+                )
             else:
                 shutil.copyfile(plain, folder / graph_file(False))
     CRFParams.of(model.crf).save(folder / CRF)
@@ -168,7 +181,7 @@ class OnnxEmissions:
         parts = list(self.pool.map(self._one, (_row(enc, b) for b in range(len(enc.input_ids)))))
         out = np.zeros((len(parts), enc.word_mask.shape[1], parts[0].shape[-1]))
         for b, p in enumerate(parts):
-            out[b, :p.shape[0]] = p
+            out[b, : p.shape[0]] = p
         return out
 
     def _one(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -178,4 +191,4 @@ class OnnxEmissions:
 def _row(enc: EncodedBatch, b: int) -> dict[str, np.ndarray]:
     """The arrays of post b of a batch alone, without the batch's padding."""
     pieces, words = int(enc.attention_mask[b].sum()), max(1, int(enc.word_mask[b].sum()))
-    return {k: v[b:b + 1, :pieces if k in PIECE_INPUTS else words] for k, v in enc.arrays().items()}
+    return {k: v[b : b + 1, : pieces if k in PIECE_INPUTS else words] for k, v in enc.arrays().items()}

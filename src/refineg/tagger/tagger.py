@@ -7,9 +7,10 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,8 +22,15 @@ from .align import Aligner, EncodedBatch, Pieces
 from .corpus import CORPUS, CorpusCounts, text_key
 from .features import PriorNER, shape_ids
 from .lattice import CRFParams, Lattice, viterbi
-from .runtime import (CRF, OnnxEmissions, export_graph, graph_current, graph_file, onnxruntime_installed,
-                      write_graph_note)
+from .runtime import (
+    CRF,
+    OnnxEmissions,
+    export_graph,
+    graph_current,
+    graph_file,
+    onnxruntime_installed,
+    write_graph_note,
+)
 
 if TYPE_CHECKING:
     from .model import TaggerModel
@@ -68,7 +76,7 @@ def prior_agrees(prior: np.ndarray, start: int, end: int, n: int) -> bool:
     """True when the prior NER ids mark exactly [start, end) as one entity (ids: 1 outside, even B, odd I)."""
     ids = prior[:n]
     begins = ids[start] >= 2 and ids[start] % 2 == 0
-    inside = all(i >= 3 and i % 2 == 1 for i in ids[start + 1:end])
+    inside = all(i >= 3 and i % 2 == 1 for i in ids[start + 1 : end])
     closed = end >= n or not (ids[end] >= 3 and ids[end] % 2 == 1)
     return bool(begins and inside and closed)
 
@@ -82,8 +90,16 @@ def build_model(encoder, labels: list[str], config: TaggerConfig, prior: PriorNE
     """The network for a config (the prior NER decides its feature vocabulary)."""
     from .model import TaggerModel
 
-    return TaggerModel(encoder, labels, config.shape_dim, config.lstm_hidden, config.dropout, config.shape_input,
-                       prior.n_ids if prior else 0, config.prior_dim)
+    return TaggerModel(
+        encoder,
+        labels,
+        config.shape_dim,
+        config.lstm_hidden,
+        config.dropout,
+        config.shape_input,
+        prior.n_ids if prior else 0,
+        config.prior_dim,
+    )
 
 
 def weights_digest(model_dir: Path) -> str:
@@ -99,9 +115,16 @@ class Tagger:
     the config asks for. The PyTorch model of a loaded tagger is read from its folder on first use only.
     """
 
-    def __init__(self, model: TaggerModel | None, tokenizer, config: TaggerConfig, prior: PriorNER | None = None,
-                 lexicon: dict[str, list[str]] | None = None, labels: list[str] | None = None,
-                 model_dir: Path | None = None):
+    def __init__(
+        self,
+        model: TaggerModel | None,
+        tokenizer,
+        config: TaggerConfig,
+        prior: PriorNER | None = None,
+        lexicon: dict[str, list[str]] | None = None,
+        labels: list[str] | None = None,
+        model_dir: Path | None = None,
+    ):
         self._model = model
         self.model_dir = model_dir  # where a loaded tagger's PyTorch weights are
         self.lexicon = lexicon  # training entity texts -> types, a signal for the gate's score model
@@ -132,7 +155,9 @@ class Tagger:
 
     def _wants_onnx(self) -> bool:
         if self.config.runtime == "onnx" and not onnxruntime_installed():
-            raise ConfigError("tagger runtime 'onnx' needs onnxruntime (pip install onnxruntime), or set runtime = 'auto'")
+            raise ConfigError(
+                "tagger runtime 'onnx' needs onnxruntime (pip install onnxruntime), or set runtime = 'auto'"
+            )
         return self.config.runtime != "torch" and onnxruntime_installed()
 
     def use_runtime(self, dev_f1: Callable[[], float] | None = None) -> None:
@@ -152,8 +177,12 @@ class Tagger:
                 self.onnx = OnnxEmissions(folder, precision, len(self.labels), self.config.threads)
                 f1[precision] = dev_f1()
             int8 = bool(f1) and f1[False] - f1[True] <= self.config.int8_max_loss
-            self.precision_check = {"int8": int8, "dev_f1_float32": f1.get(False), "dev_f1_int8": f1.get(True),
-                                    "int8_max_loss": self.config.int8_max_loss}
+            self.precision_check = {
+                "int8": int8,
+                "dev_f1_float32": f1.get(False),
+                "dev_f1_int8": f1.get(True),
+                "int8_max_loss": self.config.int8_max_loss,
+            }
             self.config = self.config.model_copy(update={"int8": int8})
         self.onnx = OnnxEmissions(folder, int8, len(self.labels), self.config.threads)
 
@@ -165,8 +194,9 @@ class Tagger:
 
     def _export(self, folder: Path, precisions: tuple[bool, ...] | None = None) -> None:
         self.model.eval()
-        export_graph(self.model, self.encode([["An", "example"], ["RT"]]), folder,
-                     precisions or (bool(self.config.int8),))
+        export_graph(
+            self.model, self.encode([["An", "example"], ["RT"]]), folder, precisions or (bool(self.config.int8),)
+        )
 
     def encode(self, batch_words: list[list[str]], prior: list[list[int]] | None = None) -> EncodedBatch:
         """Model inputs for word lists (the prior NER's ids are computed unless given)."""
@@ -204,10 +234,15 @@ class Tagger:
         spans = [self.windows(s.tokens) for s in samples]
         if all(len(w) == 1 for w in spans):
             return self._predict_all(samples, mc_samples, progress)
-        parts = [s.with_(id=f"{s.id}\x00{k}", tokens=s.tokens[a:b]) if len(w) > 1 else s
-                 for s, w in zip(samples, spans) for k, (a, b) in enumerate(w)]
+        parts = [
+            s.with_(id=f"{s.id}\x00{k}", tokens=s.tokens[a:b]) if len(w) > 1 else s
+            for s, w in zip(samples, spans)
+            for k, (a, b) in enumerate(w)
+        ]
         tagged = iter(self._predict_all(parts, mc_samples, progress))
-        return [next(tagged) if len(w) == 1 else _stitch(s, w, [next(tagged) for _ in w]) for s, w in zip(samples, spans)]
+        return [
+            next(tagged) if len(w) == 1 else _stitch(s, w, [next(tagged) for _ in w]) for s, w in zip(samples, spans)
+        ]
 
     def _predict_all(self, samples: Sequence[Sample], mc_samples: int, progress: bool) -> list[Tagged]:
         from concurrent.futures import ThreadPoolExecutor
@@ -217,14 +252,15 @@ class Tagger:
         # Sorting by sub-token count, not word count, keeps padding low: URLs and emoji split into many pieces.
         order = sorted(range(len(samples)), key=lambda i: self.aligner.n_subtokens(samples[i].tokens))
         bs = self.config.eval_batch_size
-        batches = [[samples[i] for i in order[k:k + bs]] for k in range(0, len(order), bs)]
+        batches = [[samples[i] for i in order[k : k + bs]] for k in range(0, len(order), bs)]
         tagged: list[Tagged] = []
         # The spaCy prior runs on one core, holding the GIL; the network releases it. A helper thread computing
         # the priors ahead lets the two overlap instead of taking turns.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refineg-prior") as pool:
             priors = pool.map(self._prior_ids, batches)
-            for batch, prior in tqdm(zip(batches, priors), total=len(batches), desc="tagging", disable=not progress,
-                                     leave=False):
+            for batch, prior in tqdm(
+                zip(batches, priors), total=len(batches), desc="tagging", disable=not progress, leave=False
+            ):
                 tagged += self._predict_batch(batch, mc_samples, prior)
         out: list[Tagged | None] = [None] * len(samples)
         for i, t in zip(order, tagged):
@@ -262,8 +298,11 @@ class Tagger:
             return model.emissions(enc).double().numpy(), CRFParams.of(model.crf)
 
     def _predict_batch(self, batch: list[Sample], mc_samples: int, prior: list[list[int]] | None) -> list[Tagged]:
-        results = {s.id: Tagged(Prediction(s.id, (), tokens=s.tokens, image=s.image, missing_score=0.0), ())
-                   for s in batch if not s.tokens}
+        results = {
+            s.id: Tagged(Prediction(s.id, (), tokens=s.tokens, image=s.image, missing_score=0.0), ())
+            for s in batch
+            if not s.tokens
+        }
         nonempty = [s for s in batch if s.tokens]
         if nonempty:
             enc = self.encode([list(s.tokens) for s in nonempty], prior)
@@ -273,7 +312,9 @@ class Tagger:
             mc = [Lattice.of(crf, e, enc.word_mask) for e in self._mc_emissions(enc, mc_samples)]
             priors = enc.prior_ids if self.prior is not None else None
             for b, sample in enumerate(nonempty):
-                results[sample.id] = self._tagged(sample, b, paths[b], single, mc, None if priors is None else priors[b])
+                results[sample.id] = self._tagged(
+                    sample, b, paths[b], single, mc, None if priors is None else priors[b]
+                )
         return [results[s.id] for s in batch]
 
     def _mc_emissions(self, enc: EncodedBatch, n: int) -> list[np.ndarray]:
@@ -290,8 +331,9 @@ class Tagger:
         finally:
             model.eval()
 
-    def _tagged(self, sample: Sample, b: int, path: list[int], lat: Lattice, mc: list[Lattice],
-                prior: np.ndarray | None) -> Tagged:
+    def _tagged(
+        self, sample: Sample, b: int, path: list[int], lat: Lattice, mc: list[Lattice], prior: np.ndarray | None
+    ) -> Tagged:
         n = len(path)  # words past the sub-token limit are left untagged
         tags = [self.labels[t] for t in path] + ["O"] * (len(sample.tokens) - n)
         entities, scores = [], []
@@ -304,10 +346,17 @@ class Tagger:
             mc_score = sum(x.span(b, n, start, end, bi, ii) for x in mc) / len(mc) if mc else None
             decoded = m[np.arange(end - start), path[start:end]]
             text = " ".join(sample.tokens[start:end])
-            scores.append(EntityScores(p, float(m.max(-1).mean()), float(decoded.min()), mc_score,
-                                       None if prior is None else prior_agrees(prior, start, end, n),
-                                       self._train_types(text),
-                                       None if self.corpus is None else self.corpus.features(text, etype)))
+            scores.append(
+                EntityScores(
+                    p,
+                    float(m.max(-1).mean()),
+                    float(decoded.min()),
+                    mc_score,
+                    None if prior is None else prior_agrees(prior, start, end, n),
+                    self._train_types(text),
+                    None if self.corpus is None else self.corpus.features(text, etype),
+                )
+            )
             entities.append(Entity(text, etype, start, end, score=p, source="tagger"))
             inside[start:end] = True
         entity_prob = np.clip(1 - marg[:, self._o], 0.0, 1.0)
@@ -360,7 +409,9 @@ class Tagger:
         try:
             config = TaggerConfig.model_validate_json((model_dir / "tagger_config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"{model_dir / 'tagger_config.json'}: missing or damaged: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(
+                f"{model_dir / 'tagger_config.json'}: missing or damaged: {str(exc).splitlines()[0]}"
+            ) from None
         wanted = {k: v for k, v in (("runtime", runtime), ("int8", int8)) if v is not None}
         config = config.model_copy(update=wanted)
         if config.int8 is None:  # a folder from before the dev check: float32, as good as the PyTorch model
@@ -398,7 +449,9 @@ class Tagger:
         return self.model_dir
 
 
-def _load_network(model_dir: Path | None, config: TaggerConfig, labels: list[str], prior: PriorNER | None) -> TaggerModel:
+def _load_network(
+    model_dir: Path | None, config: TaggerConfig, labels: list[str], prior: PriorNER | None
+) -> TaggerModel:
     """The PyTorch network of a model folder; ConfigError naming the file when it is damaged."""
     import torch
 
@@ -415,8 +468,10 @@ def _load_network(model_dir: Path | None, config: TaggerConfig, labels: list[str
         state = torch.load(model_dir / WEIGHTS, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as exc:  # torch raises many types for a truncated or foreign checkpoint
-        raise ConfigError(f"{model_dir / WEIGHTS}: not a checkpoint of this model ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:200]})") from None
+        raise ConfigError(
+            f"{model_dir / WEIGHTS}: not a checkpoint of this model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]})"
+        ) from None
     return model.eval()
 
 
@@ -433,8 +488,12 @@ def _stitch(sample: Sample, spans: list[tuple[int, int]], parts: list[Tagged]) -
                 scores.append(sc)
     missing = max((p.prediction.missing_score or 0.0) for p in parts)
     pred = Prediction(sample.id, tuple(entities), tokens=sample.tokens, image=sample.image, missing_score=missing)
-    entity_prob = tuple(p for k, ((offset, _), part) in enumerate(zip(spans, parts))
-                        for i, p in enumerate(part.entity_prob, offset) if cuts[k] <= i < cuts[k + 1])
+    entity_prob = tuple(
+        p
+        for k, ((offset, _), part) in enumerate(zip(spans, parts))
+        for i, p in enumerate(part.entity_prob, offset)
+        if cuts[k] <= i < cuts[k + 1]
+    )
     return Tagged(pred, tuple(scores), entity_prob)
 
 

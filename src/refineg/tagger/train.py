@@ -9,19 +9,19 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from ..progress import duration, say, tqdm
 
 from ..config import TaggerConfig
 from ..data.bio import tags_from_spans
 from ..data.textio import atomic_open
 from ..errors import ConfigError, DataError
 from ..eval.metrics import score
+from ..progress import duration, say, tqdm
 from ..types import Sample
 from .encoder import load_encoder
 from .features import shape_ids
@@ -56,8 +56,12 @@ def labels_for(samples: Sequence[Sample]) -> list[str]:
     return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
 
 
-def _examples(samples: Sequence[Sample], labels: list[str], weights: Sequence[float] | None = None,
-              unknown: Sequence[frozenset[int]] | None = None) -> list[tuple]:
+def _examples(
+    samples: Sequence[Sample],
+    labels: list[str],
+    weights: Sequence[float] | None = None,
+    unknown: Sequence[frozenset[int]] | None = None,
+) -> list[tuple]:
     """(words, shapes, tag ids, prior ids, weight, allowed tags or None) per sample with tokens."""
     index = {lab: i for i, lab in enumerate(labels)}
     out = []
@@ -72,8 +76,16 @@ def _examples(samples: Sequence[Sample], labels: list[str], weights: Sequence[fl
         except ValueError as exc:
             raise DataError(f"cannot train on it: {exc}", sample=s.id) from None
         free = unknown[k] if unknown is not None else frozenset()
-        out.append((list(s.tokens), shape_ids(s.tokens), tags, None, float(weights[k]) if weights is not None else 1.0,
-                    allowed_tags(tags, free, labels) if free else None))
+        out.append(
+            (
+                list(s.tokens),
+                shape_ids(s.tokens),
+                tags,
+                None,
+                float(weights[k]) if weights is not None else 1.0,
+                allowed_tags(tags, free, labels) if free else None,
+            )
+        )
     return out
 
 
@@ -107,19 +119,28 @@ def _optimizer(model: TaggerModel, cfg: TaggerConfig) -> torch.optim.Optimizer:
             groups["crf"].append(p)
         else:
             groups["head"].append(p)
-    return torch.optim.AdamW([
-        {"params": groups["encoder"], "lr": cfg.lr_encoder, "weight_decay": cfg.weight_decay},
-        {"params": groups["encoder_nd"], "lr": cfg.lr_encoder, "weight_decay": 0.0},
-        {"params": groups["head"], "lr": cfg.lr_head, "weight_decay": cfg.weight_decay},
-        {"params": groups["crf"], "lr": cfg.lr_crf, "weight_decay": 0.0},
-    ], fused=True)  # the fused kernel: the per-tensor loop cost a fifth of each CPU epoch
+    return torch.optim.AdamW(
+        [
+            {"params": groups["encoder"], "lr": cfg.lr_encoder, "weight_decay": cfg.weight_decay},
+            {"params": groups["encoder_nd"], "lr": cfg.lr_encoder, "weight_decay": 0.0},
+            {"params": groups["head"], "lr": cfg.lr_head, "weight_decay": cfg.weight_decay},
+            {"params": groups["crf"], "lr": cfg.lr_crf, "weight_decay": 0.0},
+        ],
+        fused=True,
+    )  # the fused kernel: the per-tensor loop cost a fifth of each CPU epoch
 
 
-def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: TaggerConfig,
-                 progress: bool = True, on_epoch: Callable[[int, float, float], None] | None = None,
-                 weights: Sequence[float] | None = None, init: Tagger | None = None,
-                 unknown: Sequence[frozenset[int]] | None = None, state_dir: Path | None = None
-                 ) -> tuple[Tagger, TrainReport]:
+def train_tagger(
+    train: Sequence[Sample],
+    dev: Sequence[Sample] | None,
+    cfg: TaggerConfig,
+    progress: bool = True,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+    weights: Sequence[float] | None = None,
+    init: Tagger | None = None,
+    unknown: Sequence[frozenset[int]] | None = None,
+    state_dir: Path | None = None,
+) -> tuple[Tagger, TrainReport]:
     """Train on train (each sentence weighted by ``weights``, default 1); pick the epoch with the best dev MNER
     F1 (the last epoch without dev). ``init`` starts from another tagger's weights (a self-training student).
     ``unknown`` gives per sentence the word positions whose tag is not known (partly labelled posts).
@@ -145,7 +166,9 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
         encoder.get_input_embeddings().weight.requires_grad_(False)
     tagger = Tagger(model, tokenizer, cfg, prior, lexicon_of(train))
     if prior is not None:
-        examples = [(w, s, t, p, wt, a) for (w, s, t, _, wt, a), p in zip(examples, prior.ids([e[0] for e in examples]))]
+        examples = [
+            (w, s, t, p, wt, a) for (w, s, t, _, wt, a), p in zip(examples, prior.ids([e[0] for e in examples]))
+        ]
     opt = _optimizer(model, cfg)
     passes = passes_per_epoch(len(examples), cfg)
     lengths = [tagger.aligner.n_subtokens(e[0]) for e in examples]
@@ -169,8 +192,10 @@ def train_tagger(train: Sequence[Sample], dev: Sequence[Sample] | None, cfg: Tag
         if on_epoch:
             on_epoch(epoch, loss, f1)
         improved = not run.snapshots or f1 > run.snapshots[0].f1 or not dev
-        run.snapshots = sorted(run.snapshots + [_Snapshot(f1, epoch, copy.deepcopy(model.state_dict()))],
-                               key=lambda s: (-s.f1, -s.epoch) if dev else -s.epoch)[:max(1, cfg.soup)]
+        run.snapshots = sorted(
+            run.snapshots + [_Snapshot(f1, epoch, copy.deepcopy(model.state_dict()))],
+            key=lambda s: (-s.f1, -s.epoch) if dev else -s.epoch,
+        )[: max(1, cfg.soup)]
         run.stale = 0 if improved else run.stale + 1
         if run.stale >= cfg.patience or epoch == cfg.epochs:
             break
@@ -205,10 +230,17 @@ def _save_state(folder: Path, run: _Run, model: TaggerModel, opt, sched, seconds
     """Everything the next epoch depends on, random streams included, and the seconds spent so far, written
     atomically."""
     folder.mkdir(parents=True, exist_ok=True)
-    state = {"report": run.report.as_dict(), "rng": run.rng.getstate(), "stale": run.stale, "seconds": seconds,
-             "snapshots": [(s.f1, s.epoch, s.state) for s in run.snapshots], "model": model.state_dict(),
-             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "random": (random.getstate(), np.random.get_state(), torch.get_rng_state())}
+    state = {
+        "report": run.report.as_dict(),
+        "rng": run.rng.getstate(),
+        "stale": run.stale,
+        "seconds": seconds,
+        "snapshots": [(s.f1, s.epoch, s.state) for s in run.snapshots],
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "random": (random.getstate(), np.random.get_state(), torch.get_rng_state()),
+    }
     with atomic_open(folder / _STATE, "wb") as fh:
         torch.save(state, fh)
 
@@ -222,8 +254,9 @@ def _resumed(folder: Path, model: TaggerModel, opt, sched) -> _Run:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
     except Exception as exc:  # torch raises many types for a truncated or foreign file
-        raise ConfigError(f"{path}: a damaged training state ({type(exc).__name__}); delete the folder "
-                          f"{folder} to start over") from None
+        raise ConfigError(
+            f"{path}: a damaged training state ({type(exc).__name__}); delete the folder {folder} to start over"
+        ) from None
     py, np_state, torch_state = state["random"]
     random.setstate(py)
     np.random.set_state(np_state)
@@ -248,8 +281,10 @@ def _dev_f1(tagger: Tagger, dev: Sequence[Sample] | None) -> float:
 
 
 def _average(states: list[dict]) -> dict:
-    return {k: sum(s[k] for s in states) / len(states) if states[0][k].is_floating_point() else states[0][k]
-            for k in states[0]}
+    return {
+        k: sum(s[k] for s in states) / len(states) if states[0][k].is_floating_point() else states[0][k]
+        for k in states[0]
+    }
 
 
 def _greedy_soup(tagger: Tagger, snapshots: list[_Snapshot], dev: Sequence[Sample] | None) -> tuple[list[int], float]:
@@ -275,7 +310,7 @@ def _batches(lengths: list[int], size: int, rng: random.Random, jitter: float = 
     keeps batches varied from epoch to epoch while most of that padding goes.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i] + rng.uniform(0, jitter))
-    batches = [order[k:k + size] for k in range(0, len(order), size)]
+    batches = [order[k : k + size] for k in range(0, len(order), size)]
     rng.shuffle(batches)
     return batches
 
@@ -311,8 +346,10 @@ def _say_epoch(run: _Run, epoch: int, epochs: int, loss: float, f1: float | None
     best = max([f1] + [s.f1 for s in run.snapshots]) if f1 is not None else None
     dev = f", dev MNER F1 {f1:.4f} (best {best:.4f})" if f1 is not None else ""
     left = seconds / max(1, done) * (epochs - epoch)
-    say(f"epoch {epoch}/{epochs}: loss {loss:.4f}{dev}; {duration(seconds)} so far"
-        + (f", at most about {duration(left)} left" if epoch < epochs else ""))
+    say(
+        f"epoch {epoch}/{epochs}: loss {loss:.4f}{dev}; {duration(seconds)} so far"
+        + (f", at most about {duration(left)} left" if epoch < epochs else "")
+    )
 
 
 def _run_epoch(tagger: Tagger, examples, batches: list[list[int]], opt, sched, progress: bool, epoch: int) -> float:

@@ -17,9 +17,9 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterable
 
 
 @dataclass
@@ -41,14 +41,23 @@ class Reply:
         if self.raw_body is not None:
             return self.raw_body.encode()
         if self.status != 200:
-            return json.dumps({"error": {"message": f"scripted status {self.status}", "type": "scripted", "code": self.status}}).encode()
-        return json.dumps({
-            "id": "chatcmpl-replay", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "finish_reason": self.finish_reason, "message": self._message()}],
-            "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                      "total_tokens": self.prompt_tokens + self.completion_tokens},
-        }).encode()
-
+            return json.dumps(
+                {"error": {"message": f"scripted status {self.status}", "type": "scripted", "code": self.status}}
+            ).encode()
+        return json.dumps(
+            {
+                "id": "chatcmpl-replay",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "finish_reason": self.finish_reason, "message": self._message()}],
+                "usage": {
+                    "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": self.completion_tokens,
+                    "total_tokens": self.prompt_tokens + self.completion_tokens,
+                },
+            }
+        ).encode()
 
     def _message(self) -> dict:
         msg = {"role": "assistant", "content": self.content}
@@ -62,8 +71,9 @@ def request_text(body: dict) -> str:
     parts = []
     for message in body.get("messages", []):
         content = message.get("content")
-        parts += [content] if isinstance(content, str) else [p.get("text", "") for p in content or []
-                                                           if isinstance(p, dict)]
+        parts += (
+            [content] if isinstance(content, str) else [p.get("text", "") for p in content or [] if isinstance(p, dict)]
+        )
     return "\n".join(parts)
 
 
@@ -228,7 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(payload)
                 return
             for k in range(len(payload)):  # one byte at a time: every read gets data, the whole never ends
-                self.wfile.write(payload[k:k + 1])
+                self.wfile.write(payload[k : k + 1])
                 self.wfile.flush()
                 time.sleep(trickle)
         except (BrokenPipeError, ConnectionResetError):

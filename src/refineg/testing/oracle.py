@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image
 
@@ -23,8 +23,11 @@ from .fake_openai import Reply, request_text
 
 def _last_image_size(body: dict) -> tuple[int, int] | None:
     content = body["messages"][0]["content"]
-    urls = [p["image_url"]["url"] for p in content if isinstance(p, dict) and p.get("type") == "image_url"] \
-        if isinstance(content, list) else []
+    urls = (
+        [p["image_url"]["url"] for p in content if isinstance(p, dict) and p.get("type") == "image_url"]
+        if isinstance(content, list)
+        else []
+    )
     if not urls:
         return None
     return Image.open(io.BytesIO(base64.b64decode(urls[-1].split(",", 1)[1]))).size
@@ -52,7 +55,7 @@ class GoldOracle:
         at = max(marks)
         sample = None
         if at >= 0:
-            line = text[at + 6:].split("\n", 1)[0]
+            line = text[at + 6 :].split("\n", 1)[0]
             sample = self.by_text.get(normalise(line))
         if sample is None:
             self.unknown += 1
@@ -60,7 +63,15 @@ class GoldOracle:
         sent = _last_image_size(body)
         orig = sample.image_size or self.default_size
         sx, sy = (sent[0] / orig[0], sent[1] / orig[1]) if sent else (1.0, 1.0)
-        entities = [{"text": e.text, "type": e.type,
-                     "boxes": [[round(b.xmin * sx, 1), round(b.ymin * sy, 1), round(b.xmax * sx, 1), round(b.ymax * sy, 1)]
-                               for b in e.boxes]} for e in sample.entities]
+        entities = [
+            {
+                "text": e.text,
+                "type": e.type,
+                "boxes": [
+                    [round(b.xmin * sx, 1), round(b.ymin * sy, 1), round(b.xmax * sx, 1), round(b.ymax * sy, 1)]
+                    for b in e.boxes
+                ],
+            }
+            for e in sample.entities
+        ]
         return Reply(json.dumps({"reasoning": "gold", "entities": entities}))

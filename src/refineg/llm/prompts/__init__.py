@@ -9,7 +9,7 @@ servers read the same text a model would.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 FOLDER = Path(__file__).parent
@@ -35,13 +35,13 @@ class Template:
         return self.text.format(**fields)
 
 
-@lru_cache(maxsize=None)
+@cache
 def template(name: str) -> Template:
     """One of the packaged templates by file name (``refine.txt``), read once."""
     return Template.load(FOLDER / name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def box_rules() -> str:
     """What gets a box and what does not: shared by every grounding prompt."""
     return (FOLDER / "rules.txt").read_text(encoding="utf-8").strip()
