@@ -26,12 +26,14 @@ CHUNK = 256  # candidates embedded at a time by the diverse strategy
 NEAR_DUPLICATE = 0.85  # sentence cosine at or above which two posts count as one (retweets, templates)
 ENTITY_WORDS = 1.5  # words per entity on Twitter-GMNER train: turns missed entity-word mass into entities
 _URL = re.compile(r"https?://\S+|\S+\.co/\S*")
+# "RT @user :" headers, nested ones too; a tokenizer may have split the name ("@ Gabriele _ Corno :")
+_RT_HEADER = re.compile(r"^(?:rt\s*@[^:]{0,60}?:\s*|rt\s*@\s*\w+\s*)+")
 
 
 def text_key(sample: Sample) -> str:
-    """A post's text as duplicates share it: lower case, links and RT markers gone, spaces folded."""
-    text = _URL.sub(" ", " ".join(sample.tokens).lower())
-    return " ".join(re.sub(r"^rt\s+@\s*\S+\s*:?", " ", text.strip()).split())
+    """A post's text as duplicates share it: lower case, links, RT headers and punctuation gone."""
+    text = _URL.sub(" ", " ".join(sample.tokens).lower()).strip()
+    return " ".join(re.findall(r"\w+", _RT_HEADER.sub(" ", text)))
 
 
 @dataclass(frozen=True)
@@ -94,16 +96,14 @@ def _diverse(pool: list[Rated], n: int, ctx: Context) -> list[Rated]:
     """The riskiest posts, never one that is a near-duplicate of a post chosen or labelled before. Only the
     posts looked at are embedded, a chunk at a time, riskiest first."""
     order = sorted(range(len(pool)), key=lambda i: -pool[i].risk)
-    labelled = _unit(ctx.embed(ctx.labelled)) if ctx.labelled else np.zeros((0, 1))
-    chosen: list[np.ndarray] = []
+    taken = [_unit(ctx.embed(ctx.labelled))] if ctx.labelled else []
     out: list[Rated] = []
     for k in range(0, len(order), CHUNK):
         chunk = [pool[i] for i in order[k : k + CHUNK]]
         vecs = _unit(ctx.embed([r.sample for r in chunk]))
         for r, v in zip(chunk, vecs):
-            others = np.vstack([labelled] + chosen) if chosen or len(labelled) else np.zeros((0, len(v)))
-            if not len(others) or float((others @ v).max()) < NEAR_DUPLICATE:
-                chosen.append(v[None, :])
+            if not taken or float((np.vstack(taken) @ v).max()) < NEAR_DUPLICATE:
+                taken.append(v[None, :])
                 out.append(r)
                 if len(out) == n:
                     return out

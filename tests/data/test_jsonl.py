@@ -113,7 +113,7 @@ def test_predictions_from_other_systems_may_name_their_own_source(tmp_path):
         load_samples(g)
 
 
-def test_unlabeled_posts_need_no_id_and_their_entities_are_not_read(tmp_path):
+def test_unlabeled_posts_need_no_id_keep_their_image_and_their_entities_are_not_read(tmp_path):
     f = _write(
         tmp_path,
         json.dumps({"tokens": ["Obama", "in", "Paris"], "image": "x.jpg"}),
@@ -124,7 +124,7 @@ def test_unlabeled_posts_need_no_id_and_their_entities_are_not_read(tmp_path):
         '"just text"',
     )
     assert read_posts(f) == [
-        Sample("unlabeled-1", ("Obama", "in", "Paris")),
+        Sample("unlabeled-1", ("Obama", "in", "Paris"), image="x.jpg"),  # select writes it into Label Studio tasks
         Sample("9", ("RT", "@", "a", ":", "hi"), raw_text="RT @a : hi"),
         Sample("unlabeled-4", ("again",), raw_text="again"),
         Sample("unlabeled-5", ("just", "tokens")),

@@ -55,13 +55,15 @@ class _Record(BaseModel):
 
 
 class _PostRecord(BaseModel):
-    """One unlabeled post: tokens or text; its id is optional and anything else on the line (entities too) unread."""
+    """One unlabeled post: tokens or text; its id and image are optional and anything else on the line (entities
+    too) unread."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
     id: str | int | None = None
     tokens: list[str] | None = None
     text: str | None = None
+    image: str | None = None
 
 
 def _describe(exc: ValidationError) -> str:
@@ -207,7 +209,7 @@ def read_posts(path: str | Path) -> list[Sample]:
             raise DataError("a post needs tokens or text", path, lineno)
         tokens = tuple(rec.tokens) if rec.tokens is not None else tuple(tokenize(rec.text))
         sid = f"unlabeled-{lineno}" if rec.id in (None, "") else str(rec.id)
-        out.append(Sample(id=sid, tokens=tokens, raw_text=rec.text))
+        out.append(Sample(id=sid, tokens=tokens, image=rec.image or None, raw_text=rec.text))
     return out
 
 
