@@ -30,16 +30,38 @@ def work(tiny_model, tmp_path_factory):
     placeholder_images(dev, root / "images")
     (root / "ray.toml").write_text("[ray]\nbatch_size = 4\nllm_actors = 2\n")
     with FakeOpenAIServer(default=GoldOracle(dev)) as srv:
-        cfg = RunConfig(llm=LLMConfig(base_url=srv.base_url, model="gold-oracle", cache_dir=root / "cache-local"),
-                        run=RunSection(images=[root / "images"], demos=root / "pool.jsonl", progress=False))
+        cfg = RunConfig(
+            llm=LLMConfig(base_url=srv.base_url, model="gold-oracle", cache_dir=root / "cache-local"),
+            run=RunSection(images=[root / "images"], demos=root / "pool.jsonl", progress=False),
+        )
         run_file(model, root / "dev.jsonl", root / "local.jsonl", cfg)
     return root
 
 
 def _ray_args(model, work: Path, out: Path, *urls: str) -> list[str]:
-    args = [REFINEG, "run", "--engine", "ray", "--model", str(model), "--data", str(work / "dev.jsonl"), "--images",
-            str(work / "images"), "--demos", str(work / "pool.jsonl"), "--llm-model", "gold-oracle", "--config",
-            str(work / "ray.toml"), "--llm-concurrency", "2", "--out", str(out), "--quiet"]
+    args = [
+        REFINEG,
+        "run",
+        "--engine",
+        "ray",
+        "--model",
+        str(model),
+        "--data",
+        str(work / "dev.jsonl"),
+        "--images",
+        str(work / "images"),
+        "--demos",
+        str(work / "pool.jsonl"),
+        "--llm-model",
+        "gold-oracle",
+        "--config",
+        str(work / "ray.toml"),
+        "--llm-concurrency",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     return args + [a for url in urls for a in ("--llm-base-url", url)]
 
 
@@ -53,8 +75,9 @@ def test_ray_writes_what_local_writes_spreading_requests_over_replicas(tiny_mode
     out = work / "ray.jsonl"
     with FakeOpenAIServer(default=oracle) as a, FakeOpenAIServer(default=oracle) as b:
         env = dict(os.environ, REFINEG_CACHE_DIR=str(work / "cache-ray"))
-        res = subprocess.run(_ray_args(model, work, out, a.base_url, b.base_url), env=env, capture_output=True,
-                             text=True, timeout=400)
+        res = subprocess.run(
+            _ray_args(model, work, out, a.base_url, b.base_url), env=env, capture_output=True, text=True, timeout=400
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         assert a.requests and b.requests  # both replicas served
         assert a.max_in_flight <= 2 and b.max_in_flight <= 2  # the cap per endpoint holds across the actors
@@ -71,8 +94,9 @@ def test_a_ray_run_killed_midway_resumes_to_the_same_rows(tiny_model, work):
     out = work / "killed.jsonl"
     with FakeOpenAIServer(default=GoldOracle(dev), latency=0.4) as srv:
         env = dict(os.environ, REFINEG_CACHE_DIR=str(work / "cache-killed"))
-        proc = subprocess.Popen(_ray_args(model, work, out, srv.base_url), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _ray_args(model, work, out, srv.base_url), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline, written = time.time() + 300, 0
         while time.time() < deadline and written < 8 and proc.poll() is None:
             time.sleep(0.1)
@@ -80,27 +104,36 @@ def test_a_ray_run_killed_midway_resumes_to_the_same_rows(tiny_model, work):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert 0 < written < len(dev), "the kill should land mid-run"
-        res = subprocess.run(_ray_args(model, work, out, srv.base_url), env=env, capture_output=True, text=True,
-                             timeout=400)
+        res = subprocess.run(
+            _ray_args(model, work, out, srv.base_url), env=env, capture_output=True, text=True, timeout=400
+        )
         assert res.returncode == 0, res.stderr[-2000:]
     done = int(res.stdout.split("(")[1].split(" already done")[0])
     assert done >= written
     assert _ids(out) == [s.id for s in dev]
     assert out.read_text() == (work / "local.jsonl").read_text()
-    again = subprocess.run(_ray_args(model, work, out, "http://127.0.0.1:9/v1"), env=env, capture_output=True, text=True,
-                           timeout=400)  # nothing left: no cluster, no call, the rows untouched
+    again = subprocess.run(
+        _ray_args(model, work, out, "http://127.0.0.1:9/v1"), env=env, capture_output=True, text=True, timeout=400
+    )  # nothing left: no cluster, no call, the rows untouched
     assert again.returncode == 0 and f"({len(dev)} already done)" in again.stdout
     assert out.read_text() == (work / "local.jsonl").read_text()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--engine", "spark"], "--engine must be local or ray"),
-    (["--ray-address", "auto"], "--ray-address needs --engine ray"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--engine", "spark"], "--engine must be local or ray"),
+        (["--ray-address", "auto"], "--ray-address needs --engine ray"),
+    ],
+)
 def test_engine_options_are_checked(tiny_model, work, extra, message):
     model, _, _ = tiny_model
-    res = subprocess.run([REFINEG, "run", "--model", str(model), "--data", str(work / "dev.jsonl"), "--out",
-                          str(work / "x.jsonl")] + extra, capture_output=True, text=True)
+    res = subprocess.run(
+        [REFINEG, "run", "--model", str(model), "--data", str(work / "dev.jsonl"), "--out", str(work / "x.jsonl")]
+        + extra,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
 
 
@@ -114,6 +147,7 @@ def test_an_actors_error_is_one_clean_line(tiny_model, work):
     args[args.index("--images") + 1] = str(missing)
     res = subprocess.run(args + ["--strict", "--allow-missing-images"], capture_output=True, text=True, timeout=400)
     assert res.returncode == 2
-    assert res.stderr.strip().splitlines()[-1] == (f"refineg: error: <input> (sample {dev[0].id}): image "
-                                                   f"{dev[0].image!r} not found in {missing}")
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"refineg: error: <input> (sample {dev[0].id}): image {dev[0].image!r} not found in {missing}"
+    )
     assert "Traceback" not in res.stderr
