@@ -37,12 +37,12 @@ test-fast: $(STAMP)
 	$(ENV) $(VENV)/bin/pytest -q -m "not (data or train or server or ray)" -p no:cacheprovider
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples docs/hooks
-	$(VENV)/bin/ruff format --check src tests benchmarks examples docs/hooks
+	$(VENV)/bin/ruff check src tests benchmarks examples docs/hooks docs/tools
+	$(VENV)/bin/ruff format --check src tests benchmarks examples docs/hooks docs/tools
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix src tests benchmarks examples docs/hooks
-	$(VENV)/bin/ruff format src tests benchmarks examples docs/hooks
+	$(VENV)/bin/ruff check --fix src tests benchmarks examples docs/hooks docs/tools
+	$(VENV)/bin/ruff format src tests benchmarks examples docs/hooks docs/tools
 
 docs: $(STAMP)
 	$(ENV) $(VENV)/bin/mkdocs build --strict -q
