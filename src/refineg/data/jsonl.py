@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -252,10 +251,3 @@ def write_jsonl(items: Iterable[Sample | Prediction], path: str | Path) -> None:
 def json_line(item: Sample | Prediction) -> str:
     """The canonical JSONL line of a sample or prediction, with its newline."""
     return json.dumps(item.to_dict(), ensure_ascii=False) + "\n"
-
-
-def append_jsonl(item: Sample | Prediction, fh) -> None:
-    """Append one line and flush it, so a killed run never leaves a half line behind."""
-    fh.write(json_line(item))
-    fh.flush()
-    os.fsync(fh.fileno())

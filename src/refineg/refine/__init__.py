@@ -65,11 +65,6 @@ def schema(types: Sequence[str], max_items: int) -> dict:
     }
 
 
-def needs_refinement(pred: Prediction) -> bool:
-    """True when the gate delegated an entity of this sample or flagged it as missing some."""
-    return pred.delegated
-
-
 def build_request(sample: Sample, pred: Prediction, typeset: TypeSet, image: SentImage | None = None) -> LLMRequest:
     """One chain-of-thought request for a sample's uncertain entities (and missed ones, if the gate flagged it)."""
     prompt = template(TEMPLATE)
