@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from refineg.config import RunConfig
@@ -155,3 +156,18 @@ def test_label_studio_tasks_carry_the_entities_and_their_scores(tiny_model, pool
         for r in t["predictions"][0]["result"]:
             if r["type"] == "labels":
                 assert t["data"]["text"][r["value"]["start"] : r["value"]["end"]] == r["value"]["text"]
+
+
+def test_diverse_spreads_a_batch_over_topics():
+    """Risk 3.0 and 2.9 on one topic (cosine 0.7), 2.0 on another: the second pick is the other topic."""
+    from refineg.select import Context, Rated, _diverse
+
+    posts = [Sample(f"p{k}", (f"w{k}",)) for k in range(3)]
+    vecs = {"p0": [1.0, 0.0, 0.0], "p1": [0.7, 0.714, 0.0], "p2": [0.0, 0.0, 1.0]}
+    pool = [Rated(s, None, risk, 0.0) for s, risk in zip(posts, (3.0, 2.9, 2.0))]
+    ctx = Context(lambda samples: np.array([vecs[s.id] for s in samples]), labelled=[])
+    assert [r.sample.id for r in _diverse(pool, 2, ctx)] == ["p0", "p2"]
+    near_labelled = Context(
+        lambda samples: np.array([vecs.get(s.id, [0.0, 0.0, 1.0]) for s in samples]), [Sample("l", ("x",))]
+    )
+    assert [r.sample.id for r in _diverse(pool, 3, near_labelled)] == ["p0", "p1"]  # p2 repeats a labelled post

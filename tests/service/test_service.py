@@ -352,27 +352,31 @@ def test_sigterm_ends_the_service_within_its_grace_period_even_with_a_stalled_re
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        tokens = next(s.tokens for s in dev if load(model)(tokens=s.tokens).entities)
-        image = "data:image/jpeg;base64," + base64.b64encode(SAMPLE_IMAGE.read_bytes()).decode()
-        stalled = threading.Thread(
-            target=lambda: _quietly(f"http://127.0.0.1:{port}/v1/gmner", {"tokens": list(tokens), "image": image})
-        )
-        stalled.start()
-        while not srv.in_flight and time.time() < deadline:
-            time.sleep(0.1)
-        assert srv.in_flight
-        t0 = time.time()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        assert time.time() - t0 < 2 + 6, "the service did not stop within its grace period"
-        stalled.join(30)
+        try:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            tokens = next(s.tokens for s in dev if load(model)(tokens=s.tokens).entities)
+            image = "data:image/jpeg;base64," + base64.b64encode(SAMPLE_IMAGE.read_bytes()).decode()
+            stalled = threading.Thread(
+                target=lambda: _quietly(f"http://127.0.0.1:{port}/v1/gmner", {"tokens": list(tokens), "image": image})
+            )
+            stalled.start()
+            while not srv.in_flight and time.time() < deadline:
+                time.sleep(0.1)
+            assert srv.in_flight
+            t0 = time.time()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+            assert time.time() - t0 < 2 + 6, "the service did not stop within its grace period"
+            stalled.join(30)
+        finally:  # a failed check must not leave a service behind
+            if proc.poll() is None:
+                proc.kill()
 
 
 def _quietly(url: str, body: dict) -> None:
