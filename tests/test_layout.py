@@ -1,4 +1,5 @@
-"""The package's layout rules, checked on its source: no module imports a private name from another module."""
+"""The package's layout rules, checked on its source: no module imports a private name from another module,
+and every prompt template sits beside the stage that uses it."""
 
 import ast
 from pathlib import Path
@@ -56,3 +57,18 @@ def _imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.Import):
             names.update(a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("refineg"))
     return names
+
+
+def test_every_prompt_template_sits_beside_the_stage_that_uses_it():
+    """A template is in STAGE/prompts/ and named by that stage's code (or, for grounding, the family table)."""
+    templates = [p for p in PACKAGE.rglob("*.txt") if p.read_text(encoding="utf-8").startswith("version:")]
+    assert len(templates) >= 7
+    misplaced = []
+    for path in templates:
+        stage = path.parent.parent
+        code = "".join(p.read_text(encoding="utf-8") for p in stage.rglob("*.py"))
+        if stage.name == "ground":
+            code += (PACKAGE / "llm" / "families.py").read_text(encoding="utf-8")
+        if path.parent.name != "prompts" or f'"{path.name}"' not in code:
+            misplaced.append(str(path.relative_to(PACKAGE)))
+    assert not misplaced, "templates away from their stage: " + ", ".join(misplaced)

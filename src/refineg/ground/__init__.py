@@ -6,24 +6,38 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
 
 from ..data.images import SentImage
 from ..eval.metrics import normalise
 from ..llm.client import LLMRequest, image_part
 from ..llm.families import Family, resolve
-from ..llm.prompts import Template, box_rules, entity_lines, template
 from ..llm.replies import RawBox, Reading, read_boxes
 from ..llm.stage import LLMStage, Outcome, Post
+from ..llm.template import Template, template
 from ..llm.typesets import TypeSet, load_typeset
 from ..types import Entity, Prediction, Sample
 
 GENERIC = resolve("pixels", None).family
 MAX_BOXES = 4  # per entity: a bound for constrained decoding
+PROMPTS = Path(__file__).parent / "prompts"
+
+
+@cache
+def box_rules() -> str:
+    """What gets a box and what does not: shared by every grounding prompt."""
+    return (PROMPTS / "rules.txt").read_text(encoding="utf-8").strip()
+
+
+def entity_lines(entities: Sequence[Entity]) -> str:
+    """Entities as a model reads them in a grounding prompt: one quoted text and its type a line."""
+    return "\n".join(f'- "{e.text}" ({e.type})' for e in entities) or "- (none)"
 
 
 def instructions(family: Family, typeset: TypeSet) -> tuple[Template, str]:
     """The family's grounding template and its filled-in instruction text."""
-    prompt = template(family.template)
+    prompt = template(PROMPTS / family.template)
     return prompt, prompt.render(
         coords=family.convention.describe(), rules=box_rules(), types=typeset.describe()
     ).strip()

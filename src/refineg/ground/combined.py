@@ -21,12 +21,12 @@ from ..eval.metrics import normalise
 from ..llm.client import LLMRequest, image_part
 from ..llm.families import Family
 from ..llm.jsonparse import parse_answer
-from ..llm.prompts import box_rules, template
 from ..llm.replies import Reading, read_boxes
 from ..llm.stage import LLMStage, Outcome, Post
+from ..llm.template import template
 from ..llm.typesets import TypeSet
 from ..types import Prediction, Sample
-from . import GENERIC, MAX_BOXES, apply_boxes
+from . import GENERIC, MAX_BOXES, PROMPTS, apply_boxes, box_rules
 
 TEMPLATE = "refine_ground.txt"
 
@@ -80,7 +80,7 @@ def build_request(
 ) -> LLMRequest:
     """One request: the demos (image, post, gold entities with boxes), then the post with its KEPT and UNCERTAIN
     entities."""
-    prompt = template(TEMPLATE)
+    prompt = template(PROMPTS / TEMPLATE)
     missing = refine.asks_for_additions(pred)
     text = prompt.render(
         domain=typeset.domain,

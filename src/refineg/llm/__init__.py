@@ -1,6 +1,6 @@
-"""The MLLM layer: the client, the model families' dialects, the reply readers, the prompts and the
-interface of the stages that talk through it. Imported lazily, so that modules needing only the
-family table or the prompts (the config, say) do not load the HTTP client."""
+"""The MLLM layer: the client, the model families' dialects, the reply readers, the prompt template format
+and the interface of the stages that talk through it. Imported lazily, so that modules needing only the
+family table (the config, say) do not load the HTTP client."""
 
 __all__ = ["LLMClient", "LLMRequest", "LLMResult", "image_part", "last_json_object", "parse_answer"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
@@ -16,11 +17,12 @@ from ..data.images import SentImage
 from ..data.tokenize import tokenize
 from ..llm.client import LLMRequest, image_part
 from ..llm.jsonparse import parse_answer
-from ..llm.prompts import template
 from ..llm.stage import LLMStage, Outcome, Post
+from ..llm.template import template
 from ..llm.typesets import TypeSet
 from ..types import Entity, Prediction, Sample
 
+PROMPTS = Path(__file__).parent / "prompts"
 TEMPLATE = "refine.txt"
 
 
@@ -67,7 +69,7 @@ def schema(types: Sequence[str], max_items: int) -> dict:
 
 def build_request(sample: Sample, pred: Prediction, typeset: TypeSet, image: SentImage | None = None) -> LLMRequest:
     """One chain-of-thought request for a sample's uncertain entities (and missed ones, if the gate flagged it)."""
-    prompt = template(TEMPLATE)
+    prompt = template(PROMPTS / TEMPLATE)
     n_uncertain = sum(1 for e in pred.entities if e.decision == "delegate")
     missing = asks_for_additions(pred)
     text = prompt.render(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field
 
 from ..llm.client import LLMRequest
 from ..llm.jsonparse import parse_answer
-from ..llm.prompts import template
+from ..llm.template import template
 from ..llm.typesets import TypeSet
 from ..types import Sample
 
+PROMPTS = Path(__file__).parent / "prompts"
 TEMPLATE = "synthesize.txt"
 TASKS = {
     "keep": "Write {n} new, varied sentences that mention the SAME entities as the example (all or some of them), "
@@ -58,7 +61,7 @@ def schema(types: tuple[str, ...], n: int) -> dict:
 
 def build_request(seed: Sample, kind: str, n: int, typeset: TypeSet) -> LLMRequest:
     """The chat request asking for n sentences of one kind (keep, new or none) from a seed sample."""
-    prompt_template = template(TEMPLATE)
+    prompt_template = template(PROMPTS / TEMPLATE)
     ents = "; ".join(f"{e.text} ({e.type})" for e in seed.entities) or "none"
     prompt = prompt_template.render(
         domain=typeset.domain, types=typeset.describe(), text=seed.text, entities=ents, task=TASKS[kind].format(n=n)
