@@ -158,6 +158,54 @@ def test_label_studio_tasks_carry_the_entities_and_their_scores(tiny_model, pool
                 assert t["data"]["text"][r["value"]["start"] : r["value"]["end"]] == r["value"]["text"]
 
 
+def test_label_studio_tasks_carry_the_mllms_boxes_linked_to_their_entities(tiny_model, pool, tmp_path):
+    from refineg.data.labelstudio import read_export
+    from refineg.testing.fake_openai import FakeOpenAIServer
+    from refineg.testing.oracle import GoldOracle, placeholder_images
+
+    model, _, _ = tiny_model
+    posts = [s for s in pool[:200] if any(e.boxes for e in s.entities)][:12]
+    save_samples([s.with_(entities=()) for s in posts], tmp_path / "pool.jsonl")
+    placeholder_images(posts, tmp_path / "images")
+    (tmp_path / "all.toml").write_text("[ground]\nskip_ungroundable = false\n")
+    with FakeOpenAIServer(default=GoldOracle(posts)) as llm:
+        res = subprocess.run(
+            [REFINEG, "select", "--model", str(model), "--pool", str(tmp_path / "pool.jsonl"), "--budget", "12"]
+            + ["--format", "label-studio", "--out", str(tmp_path / "tasks.json"), "--images", str(tmp_path / "images")]
+            + ["--llm-base-url", llm.base_url, "--llm-model", "m", "--cache-dir", str(tmp_path / "cache")]
+            + ["--config", str(tmp_path / "all.toml"), "--quiet"],
+            capture_output=True,
+            text=True,
+        )
+    assert res.returncode == 0, res.stderr
+    tasks = json.loads((tmp_path / "tasks.json").read_text())
+    results = [r for t in tasks for r in t["predictions"][0]["result"]]
+    rects = {r["id"] for r in results if r["type"] == "rectanglelabels"}
+    assert rects and rects == {r["from_id"] for r in results if r["type"] == "relation"}
+    # accepted as they are, the pre-annotated boxes come back as the oracle's (gold) boxes of those entities
+    export = [
+        {**t, "id": k, "annotations": [{"id": k, "result": t["predictions"][0]["result"]}]} for k, t in enumerate(tasks)
+    ]
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    gold = {(s.id, e.start, e.end): e.boxes for s in posts for e in s.entities}
+    back = [(s.id, e) for s in read_export(tmp_path / "export.json") for e in s.entities if e.boxes]
+    exact = [(sid, e) for sid, e in back if (sid, e.start, e.end) in gold]  # the tagger may cut a span otherwise
+    assert len(exact) >= len(back) / 2
+    mismatched = [
+        (sid, e.text, e.boxes, gold[(sid, e.start, e.end)])
+        for sid, e in exact
+        if not _same(e.boxes, gold[(sid, e.start, e.end)])
+    ]
+    assert not mismatched
+
+
+def _same(boxes, other) -> bool:
+    def pixels(bs):
+        return [(round(b.xmin), round(b.ymin), round(b.xmax), round(b.ymax)) for b in bs]
+
+    return pixels(boxes) == pixels(other)
+
+
 def test_diverse_spreads_a_batch_over_topics():
     """Risk 3.0 and 2.9 on one topic (cosine 0.7), 2.0 on another: the second pick is the other topic."""
     from refineg.select import Context, Rated, _diverse
