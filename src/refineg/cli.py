@@ -736,7 +736,7 @@ def select_posts(
         str,
         typer.Option(
             "--strategy",
-            help="How to choose: " + "; ".join(f"{name}: {desc}" for name, (_, desc) in STRATEGIES.items()) + ".",
+            help="How to choose: " + "; ".join(f"{name}: {entry.help}" for name, entry in STRATEGIES.items()) + ".",
         ),
     ] = DEFAULT_STRATEGY,
     fmt: Annotated[

@@ -16,6 +16,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -121,10 +122,18 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-STRATEGIES: dict[str, tuple[Strategy, str]] = {
-    "diverse": (_diverse, "risk (expected wrong + missed entities) discounted by similarity to posts already taken"),
-    "risk": (_riskiest, "the riskiest posts, exact duplicates once (the naive rule)"),
-    "random": (_random, "posts drawn at random (the baseline)"),
+class Entry(NamedTuple):
+    """A strategy: how it picks, what it does in a few words, and whether it needs the model's risks."""
+
+    pick: Strategy
+    help: str
+    needs_risk: bool = True
+
+
+STRATEGIES: dict[str, Entry] = {
+    "diverse": Entry(_diverse, "risk (expected wrong + missed entities) discounted by similarity to posts taken"),
+    "risk": Entry(_riskiest, "the riskiest posts, exact duplicates once (the naive rule)"),
+    "random": Entry(_random, "posts drawn at random (the baseline)", needs_risk=False),
 }
 DEFAULT = "diverse"
 
@@ -153,12 +162,12 @@ def choose(
     known_texts = {text_key(s) for s in labelled}
     fresh = [s for s in pool if s.id not in labelled_ids and text_key(s) not in known_texts]
     embedder = sentence_embedder()
-    if strategy == "random":
-        candidates = [Rated(s, Prediction(s.id), 0.0, 0.0) for s in fresh]
-    else:
+    entry = STRATEGIES[strategy]
+    if entry.needs_risk:
         candidates = rated(tagging, fresh, progress)
-    pick, _ = STRATEGIES[strategy]
-    chosen = pick(
+    else:  # tagging 7,000 posts for nothing would take most of the time
+        candidates = [Rated(s, Prediction(s.id), 0.0, 0.0) for s in fresh]
+    chosen = entry.pick(
         candidates, budget, Context(lambda samples: embedder([" ".join(s.tokens) for s in samples]), labelled, seed)
     )
     mean = sum(r.risk for r in candidates) / len(candidates) if candidates else 0.0
