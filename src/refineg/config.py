@@ -361,6 +361,11 @@ class RunSection(BaseModel):
         "llm.concurrency, at least 64); bounds memory, keeps the endpoint busy",
     )
     tag_batch: int = Field(32, ge=1, description="posts tagged together")
+    save_every: int = Field(
+        4096,
+        ge=1,
+        description="refineg predict: posts tagged between two saves (a killed predict resumes from the last)",
+    )
     progress: bool = Field(
         True, description="show progress (bars on a terminal, a plain line every few seconds in a log)"
     )

@@ -22,6 +22,7 @@ from ..conftest import REPO
 
 REFINEG = str(Path(sys.executable).parent / "refineg")
 LABEL_STUDIO = REPO / ".venv-label-studio" / "bin" / "label-studio"
+HOME_TEMPLATE = REPO / ".venv-label-studio" / "home-template"  # a migrated database, made by make install
 POST = Sample("p1", ("Kevin", "Durant", "joins", "the", "Warriors", "in", "Oakland"), image="p1.jpg")
 PRED = Prediction(
     "p1",
@@ -97,6 +98,8 @@ def label_studio(tmp_path_factory):
     """Label Studio from its own virtual environment (make install makes it), on a free loopback port."""
     assert LABEL_STUDIO.is_file(), f"{LABEL_STUDIO} is missing: `make install` creates .venv-label-studio"
     home, port, token = tmp_path_factory.mktemp("label-studio"), _free_port(), "refineg-test-token"
+    if HOME_TEMPLATE.is_dir():  # without it the server builds its database itself, which takes a minute
+        shutil.copytree(HOME_TEMPLATE, home, dirs_exist_ok=True)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))},
         "LABEL_STUDIO_BASE_DATA_DIR": str(home),

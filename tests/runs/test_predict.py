@@ -13,7 +13,7 @@ import pytest
 from refineg.config import RunConfig, RunSection
 from refineg.data import load_samples, save_samples
 from refineg.gate import GatedTagger
-from refineg.runs.predict import PREDICT_CHUNK, predict_file
+from refineg.runs.predict import predict_file
 
 REFINEG = str(Path(sys.executable).parent / "refineg")
 QUIET = RunConfig(run=RunSection(progress=False))
@@ -27,11 +27,9 @@ def data_dir(tiny_model, tmp_path):
 
 
 def test_a_killed_predict_resumes_from_its_partial_file_to_the_same_output(tiny_model, data_dir, monkeypatch):
-    import refineg.runs.predict as pr
-
     model, _, dev = tiny_model
     whole = predict_file(model, data_dir / "dev.jsonl", data_dir / "whole.jsonl", QUIET)
-    monkeypatch.setattr(pr, "PREDICT_CHUNK", 15)
+    every15 = RunConfig(run=RunSection(progress=False, save_every=15))
     real_call, chunks = GatedTagger.__call__, []
 
     def gated(self, samples, *args, **kw):
@@ -44,13 +42,13 @@ def test_a_killed_predict_resumes_from_its_partial_file_to_the_same_output(tiny_
     out, partial = data_dir / "p.jsonl", data_dir / ".p.jsonl.partial"
     kill_at = 2
     with pytest.raises(KeyboardInterrupt):
-        predict_file(model, data_dir / "dev.jsonl", out, QUIET)
+        predict_file(model, data_dir / "dev.jsonl", out, every15)
     assert not out.exists() and len(partial.read_text().splitlines()) == 15
     with partial.open("a") as fh:
         fh.write('{"id": "half a li')  # the kill came in the middle of a line
     chunks.clear()
     kill_at = None
-    res = predict_file(model, data_dir / "dev.jsonl", out, QUIET)
+    res = predict_file(model, data_dir / "dev.jsonl", out, every15)
     assert chunks == [15, len(dev) - 30] and res.resumed == 15
     assert out.read_text() == (data_dir / "whole.jsonl").read_text()
     assert res.mner == whole.mner and res.gate == whole.gate
@@ -58,10 +56,10 @@ def test_a_killed_predict_resumes_from_its_partial_file_to_the_same_output(tiny_
     out.unlink()
     kill_at, chunks[:] = 2, []
     with pytest.raises(KeyboardInterrupt):
-        predict_file(model, data_dir / "dev.jsonl", out, QUIET)
+        predict_file(model, data_dir / "dev.jsonl", out, every15)
     partial.write_text("damaged\n" + partial.read_text())  # not our writing: everything is tagged again
     kill_at, chunks[:] = None, []
-    res = predict_file(model, data_dir / "dev.jsonl", out, QUIET)
+    res = predict_file(model, data_dir / "dev.jsonl", out, every15)
     assert res.resumed == 0 and chunks == [15, 15, len(dev) - 30]
     assert out.read_text() == (data_dir / "whole.jsonl").read_text()
 
@@ -80,9 +78,8 @@ def test_a_sigkilled_predict_process_resumes_and_writes_what_an_uninterrupted_on
     tiny_model, twitter_dev, tmp_path
 ):
     model, _, _ = tiny_model
-    posts = load_samples(twitter_dev)
-    posts = [s.with_(id=f"{s.id}-{k}") for k in range(PREDICT_CHUNK // len(posts) + 1) for s in posts]
-    save_samples(posts, tmp_path / "many.jsonl")  # more than one chunk: the first is saved before the end
+    save_samples(load_samples(twitter_dev)[:600], tmp_path / "many.jsonl")
+    (tmp_path / "run.toml").write_text("[run]\nsave_every = 150\n")  # four saves: the first comes before the end
 
     def predict(out: str) -> subprocess.Popen:
         return subprocess.Popen(
@@ -95,6 +92,8 @@ def test_a_sigkilled_predict_process_resumes_and_writes_what_an_uninterrupted_on
                 str(tmp_path / "many.jsonl"),
                 "--out",
                 str(tmp_path / out),
+                "--config",
+                str(tmp_path / "run.toml"),
                 "--quiet",
             ],
             stdout=subprocess.PIPE,
@@ -114,5 +113,6 @@ def test_a_sigkilled_predict_process_resumes_and_writes_what_an_uninterrupted_on
         stdout, stderr = predict(out).communicate(timeout=300)
         assert not stderr and ("resumed:" in stdout) == (out == "killed.jsonl"), stdout + stderr
     assert (tmp_path / "killed.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
-    assert json.loads((tmp_path / "killed.jsonl.summary.json").read_text())["resumed"] == PREDICT_CHUNK
+    resumed = json.loads((tmp_path / "killed.jsonl.summary.json").read_text())["resumed"]
+    assert 0 < resumed < 600 and resumed % 150 == 0
     assert not partial.exists()

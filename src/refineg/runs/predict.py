@@ -28,8 +28,6 @@ from .output import OutputLock, done_ids
 
 log = logging.getLogger(__name__)
 
-PREDICT_CHUNK = 4096  # posts tagged between two saves of a predict run's progress
-
 
 @dataclass(frozen=True)
 class TagResult:
@@ -87,8 +85,9 @@ def predict_file(
         partial = PartialPredictions(out, _predict_key(Path(model_dir), cfg, samples, mc_samples, decisions))
         done = partial.resume()
         todo = [s for s in samples if s.id not in done]
-        for k in range(0, len(todo), PREDICT_CHUNK):  # the figures are made once, over every post, below
-            partial.append(tagging(todo[k : k + PREDICT_CHUNK], mc_samples, cfg.run.progress))
+        step = cfg.run.save_every
+        for k in range(0, len(todo), step):  # the figures are made once, over every post, below
+            partial.append(tagging(todo[k : k + step], mc_samples, cfg.run.progress))
         speed = len(todo) / max(1e-9, tagging.seconds) if todo else 0.0
         by_id = {**done, **{p.id: p for p in partial.fresh}}
         result = replace(
