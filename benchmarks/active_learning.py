@@ -15,6 +15,10 @@ of the pool as --unlabeled.
 
     .venv/bin/python benchmarks/active_learning.py [--strategies diverse risk random] [--seeds 0 1 2]
                                                    [--work runs/al] [--svg docs/img/active_learning.svg]
+                                                   [--config run.toml] [--self-train]
+
+Seeds can run as separate processes on one work folder (each writes only its own files); a last run over all
+of them, which finds every figure kept, prints the curves and draws the picture.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ DATA = ROOT.parent / "shared/data/twitter-gmner"
 TRAIN = DATA / "Twitter10000_v2.0/txt/train.txt"
 DEV = DATA / "Twitter10000_v2.0/txt/dev.txt"
 REFINEG = str(Path(sys.executable).parent / "refineg")
+CONFIG: list[str] = []  # --config FILE for every command, when given
 
 
 def _run(*args) -> None:
-    res = subprocess.run([REFINEG, *map(str, args), "--quiet"], capture_output=True, text=True)
+    res = subprocess.run([REFINEG, *map(str, args), *CONFIG, "--quiet"], capture_output=True, text=True)
     if res.returncode:
         raise SystemExit(f"refineg {args[0]} failed: {res.stderr[-2000:]}")
 
@@ -165,7 +170,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "al")
     ap.add_argument("--svg", type=Path, default=ROOT / "docs" / "img" / "active_learning.svg")
     ap.add_argument("--self-train", action="store_true", help="also self-train the first arm's 500-label model")
+    ap.add_argument("--config", type=Path, help="a refineg config for every train and select (e.g. [tagger] threads)")
     args = ap.parse_args()
+    if args.config:
+        CONFIG.extend(["--config", str(args.config)])
     args.work.mkdir(parents=True, exist_ok=True)
     seed_ids = args.work / "seed.ids"
     seed_ids.write_text("".join(line + "\n" for line in (DATA / "splits/train-500.ids").read_text().split()[:100]))
