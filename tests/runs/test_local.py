@@ -104,30 +104,11 @@ def _entities(path: Path) -> dict:
 def test_a_run_killed_midway_resumes_to_the_same_output(tiny_model, data_dir):
     model, _, dev = tiny_model
     with FakeOpenAIServer(default=scripted, latency=0.15) as srv:
-        args = [
-            REFINEG,
-            "run",
-            "--model",
-            str(model),
-            "--data",
-            str(data_dir / "dev.jsonl"),
-            "--images",
-            str(data_dir / "images"),
-            "--llm-base-url",
-            srv.base_url,
-            "--llm-model",
-            "m",
-            "--llm-concurrency",
-            "1",
-            "--quiet",
-        ]
-        env = dict(os.environ, REFINEG_CACHE_DIR=str(data_dir / "cache-a"))
-        subprocess.run(args + ["--out", str(data_dir / "full.jsonl")], env=env, check=True, capture_output=True)
-        env = dict(os.environ, REFINEG_CACHE_DIR=str(data_dir / "cache-b"))
+        llm = ("--llm-base-url", srv.base_url, "--llm-model", "m", "--llm-concurrency", "1")
+        _cli_run(model, data_dir, data_dir / "full.jsonl", *llm, check=True, cache="cache-a")
         out = data_dir / "killed.jsonl"
-        proc = subprocess.Popen(
-            args + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        args, env = _run_command(model, data_dir, out, *llm, cache="cache-b")
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline and (not out.exists() or not out.read_text().strip()):
             time.sleep(0.05)
@@ -135,7 +116,7 @@ def test_a_run_killed_midway_resumes_to_the_same_output(tiny_model, data_dir):
         proc.wait()
         partial = out.read_text().splitlines()
         assert 0 < len(partial) < len(dev), "the kill should land mid-run"
-        res = subprocess.run(args + ["--out", str(out)], env=env, capture_output=True, text=True)
+        res = _cli_run(model, data_dir, out, *llm, cache="cache-b")
         assert res.returncode == 0, res.stderr
         assert f"({len(partial)} already done)" in res.stdout
     ids = [json.loads(row)["id"] for row in out.read_text().splitlines()]
@@ -166,7 +147,8 @@ def test_grounding_requests_carry_k_demos_from_the_pool_never_the_sample_itself(
         assert query_post.split("\n")[0] not in [d.split("\n")[0] for d in demo_posts]
 
 
-def _cli_run(model, data_dir, out, *llm, check=False, cache="cache"):
+def _run_command(model, data_dir, out, *llm, cache="cache") -> tuple[list[str], dict]:
+    """`refineg run` over the dev posts with their images, and its environment (a cache of its own)."""
     args = [
         REFINEG,
         "run",
@@ -181,7 +163,11 @@ def _cli_run(model, data_dir, out, *llm, check=False, cache="cache"):
         "--quiet",
         *llm,
     ]
-    env = dict(os.environ, REFINEG_CACHE_DIR=str(data_dir / cache))
+    return args, dict(os.environ, REFINEG_CACHE_DIR=str(data_dir / cache))
+
+
+def _cli_run(model, data_dir, out, *llm, check=False, cache="cache"):
+    args, env = _run_command(model, data_dir, out, *llm, cache=cache)
     return subprocess.run(args, env=env, capture_output=True, text=True, check=check)
 
 
