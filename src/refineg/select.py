@@ -86,8 +86,9 @@ def _riskiest(pool: list[Rated], n: int, ctx: Context) -> list[Rated]:
     """The naive rule: the highest expected wrong-or-missed count, exact duplicates of text once."""
     seen, out = set(), []
     for r in sorted(pool, key=lambda r: -r.risk):
-        if text_key(r.sample) not in seen:
-            seen.add(text_key(r.sample))
+        key = text_key(r.sample)
+        if key not in seen:
+            seen.add(key)
             out.append(r)
         if len(out) == n:
             break
