@@ -27,9 +27,10 @@ $(LS_STAMP): Makefile
 	$(LS_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LS_VENV)/bin/python -m pip install -q label-studio==$(LS_VERSION)
 	# its database schema, made once here: the test's server then starts in seconds, not a minute
+	# (offline: no question to the package index about its latest version)
 	rm -rf $(LS_HOME) && mkdir -p $(LS_HOME)
 	LS_DIR=$$($(LS_VENV)/bin/python -c 'import label_studio, os; print(os.path.dirname(label_studio.__file__))') && \
-	  LABEL_STUDIO_BASE_DATA_DIR=$(abspath $(LS_HOME)) HOME=$(abspath $(LS_HOME)) PYTHONPATH=$$LS_DIR \
+	  LABEL_STUDIO_BASE_DATA_DIR=$(abspath $(LS_HOME)) HOME=$(abspath $(LS_HOME)) LATEST_VERSION_CHECK=false \
 	  $(LS_VENV)/bin/python $$LS_DIR/manage.py migrate -v 0
 	touch $(LS_STAMP)
 

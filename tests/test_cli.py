@@ -89,7 +89,7 @@ def test_train_then_predict_through_the_cli(twitter_train, twitter_dev, tmp_path
     save_samples(load_samples(twitter_train)[:30], tmp_path / "train.jsonl")
     save_samples(load_samples(twitter_dev)[:20], tmp_path / "dev.jsonl")
     cfg = tmp_path / "run.toml"
-    cfg.write_text("[tagger]\nlstm_hidden = 16\nbatch_size = 8\n")
+    cfg.write_text('[tagger]\nlstm_hidden = 16\nbatch_size = 8\nruntime = "torch"\n')  # no ONNX export: 7 s
     res = _run(
         "train",
         "--train",

@@ -132,13 +132,13 @@ def test_token_per_line_files_are_posts_not_lines(tmp_path, name, text):
 
 def test_train_with_unlabeled_posts_self_trains_and_says_which_setting(self_training):
     res = self_training.result
-    assert "setting: 80 labelled + 100 unlabeled (self-training)" in res.stdout
+    assert "setting: 80 labelled + 50 unlabeled (self-training)" in res.stdout
     assert "self-training round 1:" in res.stdout
     meta = json.loads((self_training.folder / "whole" / "meta.json").read_text())
-    assert meta["setting"] == "80 labelled + 100 unlabeled (self-training)"
+    assert meta["setting"] == "80 labelled + 50 unlabeled (self-training)"
     first = meta["selftraining"]["rounds"][0]
-    assert first["unlabeled_posts"] == 100 and first["pseudo"]["used"] > 0
+    assert first["unlabeled_posts"] == 50 and first["pseudo"]["used"] > 0
     assert first["kept"] == (first["dev_f1_after"] > first["dev_f1_before"])
     from refineg.tagger.tagger import Tagger
 
-    assert Tagger.load(self_training.folder / "whole").corpus.posts == 100  # the gate's corpus signal travels with it
+    assert Tagger.load(self_training.folder / "whole").corpus.posts == 50  # the gate's corpus signal travels with it

@@ -79,38 +79,28 @@ def test_a_killed_self_training_resumes_after_its_last_stage_and_ends_as_if_neve
     assert metas[1]["seconds_total"] >= metas[1]["train"]["seconds"]  # the killed run's training is counted
     taggers = [Tagger.load(folder / out) for out in ("whole", "killed")]
     assert _entities(taggers[1], dev) == _entities(taggers[0], dev)
-    assert taggers[1].corpus.posts == taggers[0].corpus.posts == 100
+    assert taggers[1].corpus.posts == taggers[0].corpus.posts == 50
 
 
 def test_a_killed_training_resumes_after_its_last_saved_epoch_and_ends_as_if_never_killed(self_training):
-    folder, dev = self_training.folder, self_training.dev
-    runs = {}
-    for out in ("plain", "plain-killed"):
-        proc = subprocess.Popen(
-            self_training.command(out, unlabeled=False), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        state = folder / f".{out}.work" / "epochs-000" / "training.pt"
-        if out == "plain-killed":
-            deadline = time.monotonic() + 600
-            while not state.is_file():  # an epoch's state is saved: kill the training in a later epoch
-                assert proc.poll() is None and time.monotonic() < deadline, "the run ended before an epoch was saved"
-                time.sleep(0.05)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            assert not (folder / out).exists()
-            proc = subprocess.Popen(
-                self_training.command(out, unlabeled=False), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        stdout, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, stderr
-        runs[out] = json.loads((folder / out / "meta.json").read_text())
-        assert not state.parent.parent.exists()
-    whole, resumed = runs["plain"]["train"], runs["plain-killed"]["train"]
+    # the uninterrupted reference is the fixture's own labelled-only stage: the same data and settings
+    folder, out = self_training.folder, "plain-killed"
+    command = self_training.command(out, unlabeled=False)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = folder / f".{out}.work" / "epochs-000" / "training.pt"
+    deadline = time.monotonic() + 600
+    while not state.is_file():  # an epoch's state is saved: kill the training in a later epoch
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before an epoch was saved"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (folder / out).exists()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not state.parent.parent.exists()
+    meta = json.loads((folder / out / "meta.json").read_text())
+    whole, resumed = json.loads((folder / "whole" / "meta.json").read_text())["train"], meta["train"]
     assert whole["resumed_after_epoch"] == 0 and 1 <= resumed["resumed_after_epoch"] < 4
-    assert (
-        runs["plain-killed"]["resumed_after"] == f"epoch {resumed['resumed_after_epoch']} of the labelled-only training"
-    )
+    assert meta["resumed_after"] == f"epoch {resumed['resumed_after_epoch']} of the labelled-only training"
     for key in ("dev_f1_by_epoch", "loss_by_epoch", "best_epoch", "soup_epochs", "soup_dev_f1"):
         assert resumed[key] == whole[key]
-    taggers = [Tagger.load(folder / out) for out in ("plain", "plain-killed")]
-    assert _entities(taggers[1], dev) == _entities(taggers[0], dev)

@@ -475,9 +475,9 @@ class _Flow:
     def stop(self) -> None:
         """Stop tagging and starting posts, and cancel the MLLM work still under way."""
         self.halt.set()
-        for fut in list(self.futures):
-            fut.cancel()
-        self.thread.join()
+        self.thread.join()  # first, so that no post is started after the cancelling
+        if self.nlp.llm is not None:
+            self.nlp.llm.client.cancel(self.futures)
 
 
 def marked(pred: Prediction, *reasons: str) -> Prediction:

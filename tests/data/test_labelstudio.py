@@ -105,6 +105,7 @@ def label_studio(tmp_path_factory):
         "LABEL_STUDIO_BASE_DATA_DIR": str(home),
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        "LATEST_VERSION_CHECK": "false",  # offline: no question to the package index at start
         "HOME": str(home),
     }
     log = (home / "server.log").open("w")

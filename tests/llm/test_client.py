@@ -115,6 +115,22 @@ def test_concurrency_limit_is_never_exceeded(tmp_path):
         assert len(srv.requests) == 20
 
 
+def test_cancelled_work_starts_no_queued_request(tmp_path):
+    stalled = Reply('{"answer": "late"}', delay=30.0)
+    with FakeOpenAIServer(default=lambda body: stalled) as srv:
+        with LLMClient(_cfg(srv, tmp_path, concurrency=2, timeout=60.0), show_progress=False) as client:
+            for round_ in range(1, 4):  # a few rounds: the race it guards against needs the loop to run in between
+                futures = [client.submit(client.complete(_req(10 * round_ + i), parse)) for i in range(12)]
+                deadline = time.monotonic() + 10
+                while srv.in_flight < 2 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                client.cancel(futures)
+                while srv.in_flight and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert all(f.cancelled() for f in futures)
+                assert srv.in_flight == 0 and len(srv.requests) == srv.abandoned == 2 * round_
+
+
 def test_results_come_back_in_request_order(tmp_path):
     def echo(body):
         n = body["messages"][0]["content"].split()[-1]

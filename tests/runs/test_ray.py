@@ -69,31 +69,11 @@ def _ids(path: Path) -> list[str]:
     return [json.loads(line)["id"] for line in path.read_text().splitlines()]
 
 
-def test_ray_writes_what_local_writes_spreading_requests_over_replicas(tiny_model, work):
+def test_a_ray_run_killed_midway_resumes_to_the_same_rows_over_two_replicas(tiny_model, work):
     model, _, dev = tiny_model
-    oracle = GoldOracle(dev)
-    out = work / "ray.jsonl"
-    with FakeOpenAIServer(default=oracle) as a, FakeOpenAIServer(default=oracle) as b:
-        env = dict(os.environ, REFINEG_CACHE_DIR=str(work / "cache-ray"))
-        res = subprocess.run(
-            _ray_args(model, work, out, a.base_url, b.base_url), env=env, capture_output=True, text=True, timeout=400
-        )
-        assert res.returncode == 0, res.stderr[-2000:]
-        assert a.requests and b.requests  # both replicas served
-        assert a.max_in_flight <= 2 and b.max_in_flight <= 2  # the cap per endpoint holds across the actors
-    assert out.read_text() == (work / "local.jsonl").read_text()
-    local = json.loads((work / "local.jsonl.summary.json").read_text())
-    summary = json.loads((work / "ray.jsonl.summary.json").read_text())
-    assert summary["engine"]["name"] == "ray" and summary["engine"]["llm_actors"] == 2
-    assert summary["calls_per_sample"] == local["calls_per_sample"]
-    assert summary["llm"]["total"]["requests"] == local["llm"]["total"]["requests"] == len(a.requests) + len(b.requests)
-
-
-def test_a_ray_run_killed_midway_resumes_to_the_same_rows(tiny_model, work):
-    model, _, dev = tiny_model
-    out = work / "killed.jsonl"
-    with FakeOpenAIServer(default=GoldOracle(dev), latency=0.4) as srv:
-        env = dict(os.environ, REFINEG_CACHE_DIR=str(work / "cache-killed"))
+    oracle, out = GoldOracle(dev), work / "killed.jsonl"
+    env = dict(os.environ, REFINEG_CACHE_DIR=str(work / "cache-killed"))
+    with FakeOpenAIServer(default=oracle, latency=0.4) as srv:
         proc = subprocess.Popen(
             _ray_args(model, work, out, srv.base_url), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -103,15 +83,23 @@ def test_a_ray_run_killed_midway_resumes_to_the_same_rows(tiny_model, work):
             written = len(out.read_bytes().splitlines()) if out.exists() else 0
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert 0 < written < len(dev), "the kill should land mid-run"
+    assert 0 < written < len(dev), "the kill should land mid-run"
+    # the rest on two replicas: both serve, and the cap per endpoint holds across the actors
+    with FakeOpenAIServer(default=oracle) as a, FakeOpenAIServer(default=oracle) as b:
         res = subprocess.run(
-            _ray_args(model, work, out, srv.base_url), env=env, capture_output=True, text=True, timeout=400
+            _ray_args(model, work, out, a.base_url, b.base_url), env=env, capture_output=True, text=True, timeout=400
         )
         assert res.returncode == 0, res.stderr[-2000:]
+        assert a.requests and b.requests
+        assert a.max_in_flight <= 2 and b.max_in_flight <= 2
     done = int(res.stdout.split("(")[1].split(" already done")[0])
     assert done >= written
     assert _ids(out) == [s.id for s in dev]
     assert out.read_text() == (work / "local.jsonl").read_text()
+    summary = json.loads((work / "killed.jsonl.summary.json").read_text())
+    assert summary["engine"]["name"] == "ray" and summary["engine"]["llm_actors"] == 2
+    assert summary["resumed_done"] == done and summary["processed"] == len(dev) - done
+    assert summary["llm"]["total"]["requests"] == len(a.requests) + len(b.requests)
     again = subprocess.run(
         _ray_args(model, work, out, "http://127.0.0.1:9/v1"), env=env, capture_output=True, text=True, timeout=400
     )  # nothing left: no cluster, no call, the rows untouched
@@ -137,7 +125,23 @@ def test_engine_options_are_checked(tiny_model, work, extra, message):
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
 
 
-def test_an_actors_error_is_one_clean_line(tiny_model, work):
+@pytest.fixture
+def foreign_cluster():
+    """Somebody else's Ray cluster running on this machine (a plain ray.init would join it)."""
+    ray = str(Path(sys.executable).parent / "ray")
+    started = subprocess.run(
+        [ray, "start", "--head", "--port", "0", "--num-cpus", "1", "--include-dashboard", "false"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
+    )
+    assert started.returncode == 0, started.stderr[-2000:]
+    yield
+    subprocess.run([ray, "stop"], capture_output=True)
+
+
+def test_an_actors_error_is_one_clean_line(tiny_model, work, foreign_cluster):
+    # with another cluster on the machine, the run starts one of its own and gets as far as its actors
     model, _, dev = tiny_model
     missing = work / "some-images"
     missing.mkdir()

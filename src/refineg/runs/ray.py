@@ -106,8 +106,11 @@ def _cluster(address: str | None, verbose: bool) -> Iterator[str]:
         yield "existing session"
         return
     kw = dict(logging_level=logging.WARNING, include_dashboard=False, log_to_driver=verbose)
+    # RAY_ADDRESS is set by `ray job submit`; without it or an address, a cluster of our own, even when another
+    # one runs on this machine ("local": a plain ray.init would join that one)
+    address = address or os.environ.get("RAY_ADDRESS") or None
     try:
-        ray.init(address=address, **kw) if address else ray.init(num_cpus=os.cpu_count(), **kw)
+        ray.init(address=address, **kw) if address else ray.init(address="local", num_cpus=os.cpu_count(), **kw)
     except ConnectionError as exc:
         raise ConfigError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
     try:
