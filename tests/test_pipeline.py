@@ -121,6 +121,19 @@ def test_a_stream_stopped_early_cancels_its_mllm_work(tiny_model, images, tmp_pa
         assert time.monotonic() - t0 < 5
 
 
+def test_a_stream_whose_input_fails_at_once_opens_no_mllm_client(tiny_model, images, tmp_path):
+    model, _, _ = tiny_model
+
+    def broken():
+        raise OSError("the input went away")
+        yield
+
+    with FakeOpenAIServer() as srv, _nlp(model, srv, images, tmp_path) as nlp:
+        with pytest.raises(OSError, match="went away"):
+            list(nlp.stream(broken()))
+        assert nlp.report()["usage"] is None  # stopping had nothing to cancel, so no client was opened for it
+
+
 def test_pipe_gives_predictions_in_input_order_for_text_tokens_and_samples(tiny_model):
     model, _, dev = tiny_model
     with Pipeline(model) as nlp:

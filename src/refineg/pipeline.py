@@ -476,7 +476,7 @@ class _Flow:
         """Stop tagging and starting posts, and cancel the MLLM work still under way."""
         self.halt.set()
         self.thread.join()  # first, so that no post is started after the cancelling
-        if self.nlp.llm is not None:
+        if self.futures:  # only then is the LLM open (asking for it would open it)
             self.nlp.llm.client.cancel(self.futures)
 
 
