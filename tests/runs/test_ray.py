@@ -127,17 +127,29 @@ def test_engine_options_are_checked(tiny_model, work, extra, message):
 
 @pytest.fixture
 def foreign_cluster():
-    """Somebody else's Ray cluster running on this machine (a plain ray.init would join it)."""
-    ray = str(Path(sys.executable).parent / "ray")
-    started = subprocess.run(
-        [ray, "start", "--head", "--port", "0", "--num-cpus", "1", "--include-dashboard", "false"],
-        capture_output=True,
+    """Somebody else's Ray cluster running on this machine (a plain ray.init would join it); stopped by its own
+    process group, so that a cluster the developer runs is left alone (`ray stop` would stop every one)."""
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--port", "0", "--num-cpus", "1"]
+        + ["--include-dashboard", "false", "--disable-usage-stats", "--block"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
+        start_new_session=True,
     )
-    assert started.returncode == 0, started.stderr[-2000:]
+    seen = []
+    for line in proc.stdout:  # it prints this once the cluster is up, then blocks
+        seen.append(line)
+        if "Ray runtime started" in line:
+            break
+    assert proc.poll() is None, "".join(seen)[-2000:]
     yield
-    subprocess.run([ray, "stop"], capture_output=True)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: `ray start --block` stops what it started (SIGTERM: not)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_an_actors_error_is_one_clean_line(tiny_model, work, foreign_cluster):
