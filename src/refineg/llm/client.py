@@ -262,13 +262,16 @@ class LLMClient:
 
     def cancel(self, futures: Collection[Future]) -> None:
         """Cancel the work behind futures from submit(), all in one turn of the event loop."""
+
         # Cancelled one by one from another thread, a call that gives back its concurrency slot would let a
         # queued call, not yet cancelled, start a request that nobody will read. The collection is read on the
         # loop, where the futures' done-callbacks run.
+        async def cancel_all() -> None:
+            for fut in list(futures):
+                fut.cancel()
+
         if futures and self._loop is not None:
-            done: Future = Future()
-            self._loop.call_soon_threadsafe(lambda: (_cancel_each(list(futures)), done.set_result(None)))
-            done.result()
+            asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result()
 
     def image(self, image) -> SentImage:
         """An image (path or PIL image) resized as configured, in the model family's own frame where it has one."""
@@ -486,8 +489,3 @@ def _unreachable_hint(last: str | None) -> str | None:
     if last and last.startswith("no complete reply"):
         return "the endpoint is too slow or stalled: raise --llm-timeout, or lower --llm-concurrency"
     return None
-
-
-def _cancel_each(futures: list[Future]) -> None:
-    for fut in futures:
-        fut.cancel()
