@@ -118,7 +118,7 @@ def test_the_contract_commands_select_then_train(tiny_model, pool, twitter_train
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 2 and "--strategy must be one of diverse, typical, risk, random" in bad.stderr
+    assert bad.returncode == 2 and "--strategy must be one of diverse, risk, random" in bad.stderr
 
 
 def test_label_studio_tasks_carry_the_entities_and_their_scores(tiny_model, pool, tmp_path):
@@ -219,19 +219,3 @@ def test_diverse_spreads_a_batch_over_topics():
         lambda samples: np.array([vecs.get(s.id, [0.0, 0.0, 1.0]) for s in samples]), [Sample("l", ("x",))]
     )
     assert [r.sample.id for r in _diverse(pool, 3, near_labelled)] == ["p0", "p1"]  # p2 repeats a labelled post
-
-
-def test_typical_prefers_a_common_kind_of_post_to_an_odd_one():
-    """Equal risk: p0 sits among many pool posts, p1 alone; typical takes p0 first, diverse keeps pool order."""
-    from refineg.select import Context, Rated, _diverse, _typical
-
-    crowd = [Sample(f"c{k}", (f"c{k}",)) for k in range(12)]
-    posts = [Sample("p1", ("odd",)), Sample("p0", ("common",))]
-    pool = [Rated(s, None, 1.0, 0.0) for s in posts] + [Rated(s, None, 0.1, 0.0) for s in crowd]
-
-    def embed(samples):
-        return np.array([[0.0, 1.0] if s.id == "p1" else [1.0, 0.05 * (s.id != "p0")] for s in samples])
-
-    ctx = Context(embed, labelled=[])
-    assert [r.sample.id for r in _typical(pool, 1, ctx)] == ["p0"]
-    assert [r.sample.id for r in _diverse(pool, 1, ctx)] == ["p1"]

@@ -26,8 +26,6 @@ from .types import Prediction, Sample
 
 SHORTLIST = 5  # the diverse strategy weighs the budget x this many riskiest posts
 NEAR_DUPLICATE = 0.85  # sentence cosine at or above which two posts count as one (retweets, templates)
-REFERENCE = 1000  # the typical strategy compares a post with this many posts drawn from the pool
-NEIGHBOURS = 10  # ... and averages its cosine to the nearest this many of them
 ENTITY_WORDS = 1.5  # words per entity on Twitter-GMNER train: turns missed entity-word mass into entities
 _URL = re.compile(r"https?://\S+|\S+\.co/\S*")
 # "RT @user :" headers, nested ones too; a tokenizer may have split the name ("@ Gabriele _ Corno :")
@@ -102,22 +100,6 @@ def _diverse(pool: list[Rated], n: int, ctx: Context) -> list[Rated]:
     chosen or labelled before) is largest, so a batch spreads over topics instead of piling onto one; a
     near-duplicate is never taken. Only the SHORTLIST x n riskiest posts are embedded, which keeps selection
     about as fast as tagging the pool."""
-    return _spread(pool, n, ctx, typical=False)
-
-
-def _wide(pool: list[Rated], n: int, ctx: Context) -> list[Rated]:
-    """As diverse, with redundancy weighing twice: risk times (1 - highest cosine) squared."""
-    return _spread(pool, n, ctx, typical=False, power=2.0)
-
-
-def _typical(pool: list[Rated], n: int, ctx: Context) -> list[Rated]:
-    """As diverse, with each post's risk weighted by how typical it is of the pool (its mean cosine to its
-    nearest neighbours in a sample of the pool): an odd post the tagger fails on teaches it less than a
-    common kind of post it fails on."""
-    return _spread(pool, n, ctx, typical=True)
-
-
-def _spread(pool: list[Rated], n: int, ctx: Context, typical: bool, power: float = 1.0) -> list[Rated]:
     shortlist = sorted(pool, key=lambda r: -r.risk)[: max(n * SHORTLIST, n)]
     if not shortlist:
         return []
@@ -126,26 +108,15 @@ def _spread(pool: list[Rated], n: int, ctx: Context, typical: bool, power: float
     if ctx.labelled:
         closest = (vecs @ _unit(ctx.embed(ctx.labelled)).T).max(axis=1)
     risk = np.array([r.risk for r in shortlist])
-    if typical:
-        risk = risk * _typicality(vecs, pool, ctx)
     open_ = closest < NEAR_DUPLICATE
     out: list[Rated] = []
     while len(out) < n and open_.any():
-        gain = np.where(open_, risk * (1.0 - np.clip(closest, 0.0, 1.0)) ** power, -np.inf)
+        gain = np.where(open_, risk * (1.0 - np.clip(closest, 0.0, 1.0)), -np.inf)
         k = int(np.argmax(gain))
         out.append(shortlist[k])
         closest = np.maximum(closest, vecs @ vecs[k])
         open_ &= closest < NEAR_DUPLICATE
     return out
-
-
-def _typicality(vecs: np.ndarray, pool: list[Rated], ctx: Context) -> np.ndarray:
-    """Each vector's mean cosine to its NEIGHBOURS nearest posts of a REFERENCE-post sample of the pool."""
-    sample = random.Random(ctx.seed).sample(pool, min(REFERENCE, len(pool)))
-    sims = vecs @ _unit(ctx.embed([r.sample for r in sample])).T
-    sims[sims > 0.999] = -1.0  # the post itself, when the sample drew it
-    k = min(NEIGHBOURS, sims.shape[1])
-    return np.clip(-np.sort(-sims, axis=1)[:, :k].mean(axis=1), 0.0, 1.0)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -162,8 +133,6 @@ class Entry(NamedTuple):
 
 STRATEGIES: dict[str, Entry] = {
     "diverse": Entry(_diverse, "risk (expected wrong + missed entities) discounted by similarity to posts taken"),
-    "wide": Entry(_wide, "as diverse, with redundancy weighing twice"),
-    "typical": Entry(_typical, "as diverse, with risk weighted by how typical a post is of the pool"),
     "risk": Entry(_riskiest, "the riskiest posts, exact duplicates once (the naive rule)"),
     "random": Entry(_random, "posts drawn at random (the baseline)", needs_risk=False),
 }
