@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -143,12 +144,14 @@ def foreign_cluster():
         if "Ray runtime started" in line:
             break
     assert proc.poll() is None, "".join(seen)[-2000:]
+    # it goes on logging: a full pipe would block it, and a blocked process cannot stop on SIGINT
+    threading.Thread(target=seen.extend, args=(proc.stdout,), daemon=True).start()
     yield
     os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: `ray start --block` stops what it started (SIGTERM: not)
     try:
-        proc.wait(30)
+        proc.wait(10)  # it takes a second or two; a suite run once waited out 30 s here
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # its own process group: only this cluster's processes
         proc.wait()
 
 
