@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from refineg.config import RunConfig, TaggerConfig
 from refineg.data import load_samples
@@ -17,6 +18,16 @@ from refineg.trainstate import STATE, Checkpoints, TrainingState, training_key
 
 def _entities(tagger: Tagger, dev) -> list:
     return [[(e.start, e.end, e.type, round(e.score, 6)) for e in p.entities] for p in tagger.predict(dev)]
+
+
+def _kill_once_saved(proc: subprocess.Popen, saved: Path, what: str) -> None:
+    """SIGKILL the training as soon as the file saved exists; it must not have ended before."""
+    deadline = time.monotonic() + 600
+    while not saved.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, f"the run ended before {what} was saved"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def test_a_stage_is_found_again_only_by_the_same_training(tmp_path, tiny_model):
@@ -50,12 +61,7 @@ def test_a_killed_self_training_resumes_after_its_last_stage_and_ends_as_if_neve
     assert "resumed" not in whole.stdout
     work = folder / ".killed.work"
     proc = subprocess.Popen(self_training.command("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while not (work / "stage-000" / STATE).is_file():  # the labelled-only tagger is saved: kill the run in round 1
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first stage was saved"
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_once_saved(proc, work / "stage-000" / STATE, "its first stage")  # the labelled-only tagger: kill round 1
     assert not (folder / "killed").exists()  # no half model
 
     again = subprocess.run(self_training.command("killed"), capture_output=True, text=True, timeout=600)
@@ -88,12 +94,7 @@ def test_a_killed_training_resumes_after_its_last_saved_epoch_and_ends_as_if_nev
     command = self_training.command(out, unlabeled=False)
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = folder / f".{out}.work" / "epochs-000" / "training.pt"
-    deadline = time.monotonic() + 600
-    while not state.is_file():  # an epoch's state is saved: kill the training in a later epoch
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before an epoch was saved"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_once_saved(proc, state, "an epoch")  # an epoch's state is saved: kill the training in a later epoch
     assert not (folder / out).exists()
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
